@@ -1,0 +1,40 @@
+"""Celery configuration, from the one settings object (`TC_*` env vars).
+
+JSON only; a task is acknowledged after it ran (`task_acks_late`) and given back if its worker process dies
+(`task_reject_on_worker_lost`), so a killed worker loses nothing. Task names are `workers.<module>.<name>`.
+`config_for(settings)` serves a process that builds its settings itself (tests, the web tier); the module-level
+names are the same values for `app.config_from_object("celeryconfig")`.
+"""
+
+from typing import Any
+
+from traffic_celery.names import RESULTS_QUEUE
+from traffic_celery.settings import Settings, get_settings
+
+
+def config_for(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.effective_broker_url,
+        "result_backend": settings.effective_redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {"socket_timeout": settings.redis_timeout},
+        "result_expires": 3600,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": RESULTS_QUEUE,
+        "task_routes": {"workers.results.*": {"queue": RESULTS_QUEUE}},
+        # events for Flower
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "imports": ("workers.assess", "workers.results"),
+        "worker_hijack_root_logger": False,
+    }
+
+
+globals().update(config_for(get_settings()))

@@ -1,0 +1,124 @@
+"""The LLM reply schema, the prompt that asks for it and the parser that validates it.
+
+One schema (DESIGN.md) serves all three and the fake provider too, so the parser can never read a different shape
+from the one the prompt asked for (defect 4 of the old system). A reply that does not follow it is rejected with
+a :class:`ReplyError` naming the fault; it is never read as risk "none".
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .types import GroupFeatures
+
+RiskLevel = Literal["none", "low", "medium", "high"]
+RISK_ORDER = {"none": 0, "low": 1, "medium": 2, "high": 3}
+
+
+class GroupResult(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    groupIndex: int
+    riskLevel: RiskLevel
+    confidence: float = Field(ge=0, le=1)
+    riskTypes: list[str]
+    description: str
+    dangerObjectCount: int = Field(ge=0)
+    triggerObjectIds: list[int]
+
+
+class LLMReply(BaseModel):
+    """`{"hasDangerousDriving", "maxRiskLevel", "results": [...]}` exactly as DESIGN.md states it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    hasDangerousDriving: bool
+    maxRiskLevel: RiskLevel
+    results: list[GroupResult] = Field(min_length=1)
+
+
+class ReplyError(ValueError):
+    """The LLM's reply cannot be used; the message says why in one line."""
+
+
+SCHEMA_TEXT = (
+    '{"hasDangerousDriving": bool, "maxRiskLevel": "none|low|medium|high", "results": [{"groupIndex": int, '
+    '"riskLevel": "none|low|medium|high", "confidence": 0..1, "riskTypes": [str], "description": str, '
+    '"dangerObjectCount": int, "triggerObjectIds": [int]}]}'
+)
+
+SYSTEM_PROMPT = (
+    "You are a traffic-safety analyst watching a road camera. You receive the crop of one traffic group and the "
+    "facts measured by the detector. Judge whether the road users are in danger (near collision, a pedestrian in "
+    "a vehicle's path, dangerous driving). Answer with JSON only, no prose, in exactly this schema: " + SCHEMA_TEXT
+)
+
+# The facts line is machine-readable on purpose: a real model reads it as text, the fake provider parses it.
+FACTS_RE = re.compile(r"^FACTS group=(?P<group>\d+) (?P<json>\{.*\})$", re.MULTILINE)
+
+
+def build_user_text(group_index: int, member_ids: list[int], features: GroupFeatures | dict[str, Any]) -> str:
+    """The text part of the user message: what the detector measured, in a sentence and as one FACTS line."""
+    facts = features.to_dict() if isinstance(features, GroupFeatures) else dict(features)
+    facts["objectIds"] = list(member_ids)
+    counts = ", ".join(f"{n} {cls}" for cls, n in facts["classCounts"].items())
+    pv = facts.get("pedestrianVehicleGap")
+    pv_text = "no pedestrian next to a vehicle" if pv is None else \
+        f"the closest pedestrian is {pv:.2f} object heights from a vehicle"
+    return (f"Traffic group {group_index}: {facts['objectCount']} objects ({counts}); the smallest gap between two "
+            f"of them is {facts['minGap']:.2f} object heights; {pv_text}. Object ids: {member_ids}.\n"
+            f"FACTS group={group_index} {json.dumps(facts, sort_keys=True)}\n"
+            f"Return the JSON for groupIndex {group_index}.")
+
+
+def image_data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def build_messages(group_index: int, member_ids: list[int], features: GroupFeatures | dict[str, Any],
+                   jpeg: bytes) -> list[dict[str, Any]]:
+    """OpenAI chat-completions messages with the crop as a data-URI image part."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": image_data_uri(jpeg)}},
+            {"type": "text", "text": build_user_text(group_index, member_ids, features)},
+        ]},
+    ]
+
+
+def extract_json(text: str) -> Any:
+    """The first JSON object in `text`, tolerating code fences and prose around it."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReplyError("LLM reply is empty; check the model name and that it supports images")
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\{", text):
+        try:
+            obj, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    raise ReplyError(f"LLM reply holds no JSON object: {text[:80]!r}")
+
+
+def parse_reply(text: str, group_index: Optional[int] = None) -> GroupResult:
+    """Validate the reply against the schema and return the result for `group_index` (or the only one)."""
+    obj = extract_json(text)
+    try:
+        reply = LLMReply.model_validate(obj)
+    except ValidationError as exc:
+        faults = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:4])
+        raise ReplyError(f"LLM reply does not follow the schema ({faults})") from None
+    if group_index is not None:
+        for result in reply.results:
+            if result.groupIndex == group_index:
+                return result
+        if len(reply.results) != 1:
+            raise ReplyError(f"LLM reply has no result for groupIndex {group_index}")
+    return reply.results[0]

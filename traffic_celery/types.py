@@ -1,0 +1,103 @@
+"""The project's own value types. ultralytics results and LLM text are converted into these once, at the edge.
+
+Their `to_event` methods give the camelCase shapes of the WebSocket protocol in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+VEHICLE_CLASSES = frozenset({"bicycle", "car", "motorcycle", "bus", "truck", "train"})
+PEDESTRIAN_CLASSES = frozenset({"person"})
+
+BBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object in one frame."""
+
+    track_id: int  # stable across frames once tracking is on; the index within the frame otherwise
+    cls: str
+    confidence: float
+    bbox: BBox
+
+    @property
+    def width(self) -> float:
+        return self.bbox[2] - self.bbox[0]
+
+    @property
+    def height(self) -> float:
+        return self.bbox[3] - self.bbox[1]
+
+    @property
+    def is_vehicle(self) -> bool:
+        return self.cls in VEHICLE_CLASSES
+
+    @property
+    def is_pedestrian(self) -> bool:
+        return self.cls in PEDESTRIAN_CLASSES
+
+    def to_event(self) -> dict[str, Any]:
+        return {"trackId": self.track_id, "class": self.cls, "confidence": round(self.confidence, 3),
+                "bbox": [round(v, 1) for v in self.bbox]}
+
+
+@dataclass(frozen=True)
+class GroupFeatures:
+    """What the prompt states about a group, in units of object height so that resolution does not matter."""
+
+    object_count: int
+    class_counts: dict[str, int]
+    min_gap: float  # smallest gap between two members, in heights of the smaller one (0 = touching/overlapping)
+    pedestrian_vehicle_gap: float | None  # same, only between a pedestrian and a vehicle; None without such pair
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"objectCount": self.object_count, "classCounts": dict(self.class_counts),
+                "minGap": round(self.min_gap, 3),
+                "pedestrianVehicleGap": None if self.pedestrian_vehicle_gap is None
+                else round(self.pedestrian_vehicle_gap, 3)}
+
+
+@dataclass(frozen=True)
+class TrafficGroup:
+    """Objects close enough to interact."""
+
+    group_id: str
+    group_index: int
+    members: tuple[Detection, ...]
+    bbox: BBox
+    features: GroupFeatures
+    risk_level: str | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({m.cls for m in self.members})
+
+    def to_event(self) -> dict[str, Any]:
+        return {"groupId": self.group_id, "groupIndex": self.group_index, "objectCount": len(self.members),
+                "bbox": [round(v, 1) for v in self.bbox], "classes": self.classes,
+                "memberTrackIds": [m.track_id for m in self.members], "riskLevel": self.risk_level}
+
+
+@dataclass
+class FrameAnalysis:
+    """Everything the capture loop learnt from one frame."""
+
+    camera_id: str
+    timestamp: float
+    image_width: int
+    image_height: int
+    detections: list[Detection]
+    groups: list[TrafficGroup] = field(default_factory=list)
+    process_time: float = 0.0
+
+    def to_event(self, frame_b64: str | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "cameraId": self.camera_id, "timestamp": self.timestamp, "imageWidth": self.image_width,
+            "imageHeight": self.image_height, "detectedObjects": [d.to_event() for d in self.detections],
+            "trafficGroups": [g.to_event() for g in self.groups], "processTime": round(self.process_time, 4)}
+        if frame_b64 is not None:
+            data["frame"] = frame_b64
+        return data

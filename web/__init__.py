@@ -1,0 +1,43 @@
+"""The Flask web tier: REST under /api, the WebSocket at /ws, the page at /. Built by :func:`create_app`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from flask import Flask
+
+from traffic_celery.cameras import CameraManager
+from traffic_celery.detection import shared_detector
+from traffic_celery.dispatch import Dispatcher
+from traffic_celery.keys import KeyPool
+from traffic_celery.redis_conn import connect
+from traffic_celery.settings import Settings, get_settings
+
+from .hub import EventHub
+from .runtime import EXTENSION, Runtime
+from .sock import sock
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Optional[Settings] = None) -> Flask:
+    """Build the app. Capture loops started through it run in this process (threads)."""
+    settings = settings or get_settings()
+    from workers.celery_app import make_app  # a producer: tasks are sent by name, never imported
+
+    app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "max_message_size": 64 * 1024}
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    r = connect(settings)
+    pool = KeyPool.from_settings(settings)
+    cameras = CameraManager(settings, r, lambda: shared_detector(settings), Dispatcher(make_app(settings), r, pool))
+    app.extensions[EXTENSION] = Runtime(settings=settings, redis=r, hub=EventHub(settings), cameras=cameras,
+                                        keys=pool)
+
+    from . import routes, ws
+
+    app.register_blueprint(routes.bp)
+    app.register_blueprint(ws.bp)
+    sock.init_app(app)
+    return app

@@ -1,0 +1,47 @@
+"""`python -m web`: serve the web tier (threaded WSGI server; flask-sock needs one thread per socket).
+
+SIGTERM and SIGINT stop the capture loops, the event relay and the server, in that order.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from werkzeug.serving import make_server
+
+from traffic_celery.logs import setup_logging
+from traffic_celery.settings import get_settings
+
+from . import create_app
+from .runtime import runtime
+
+logger = logging.getLogger("web")
+
+
+def main() -> None:
+    settings = get_settings()
+    setup_logging(settings, "web")
+    app = create_app(settings)
+    server = make_server(settings.web_host, settings.web_port, app, threaded=True)
+    stopping = threading.Event()
+
+    def shutdown(*_args) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    logger.info("web tier listening on http://%s:%d/", settings.web_host, server.server_port)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        runtime(app).close()
+        server.server_close()
+        logger.info("web tier stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""REST routes and the page. Issue 5 grows this into the full API; here: the page, health, cameras, latest."""
+
+from __future__ import annotations
+
+import redis
+from flask import Blueprint, current_app, jsonify, send_from_directory
+
+from traffic_celery import names, results
+
+from .runtime import runtime
+
+bp = Blueprint("routes", __name__)
+
+
+@bp.get("/")
+def index():
+    return send_from_directory(current_app.static_folder, "index.html")
+
+
+@bp.get("/api/health")
+def health():
+    rt = runtime(current_app)
+    try:
+        redis_ok = bool(rt.redis.ping())
+        error = None
+    except redis.RedisError as exc:
+        redis_ok, error = False, f"Redis unreachable ({exc}); check TC_REDIS_URL"
+    body = {"status": "ok" if redis_ok else "degraded", "redis": redis_ok, "eventRelay": rt.hub.ready.is_set(),
+            "cameras": len(rt.cameras.cameras()), "websocketClients": rt.hub.client_count}
+    if error:
+        body["error"] = error
+    return jsonify(body), 200 if redis_ok else 503
+
+
+@bp.get("/api/cameras")
+def cameras():
+    return jsonify(list(runtime(current_app).cameras.cameras().values()))
+
+
+@bp.get("/api/cameras/<camera_id>/latest")
+def latest(camera_id: str):
+    if not names.CAMERA_ID_RE.match(camera_id):
+        return jsonify(error="cameraId must be letters, digits, '-' or '_'", field="cameraId"), 400
+    found = results.latest_assessment(runtime(current_app).redis, camera_id)
+    if found is None:
+        return jsonify(error=f"no assessment for camera {camera_id} yet", field="cameraId"), 404
+    return jsonify(found)
+
+
+@bp.get("/api/keys")
+def keys():
+    return jsonify([{"id": k.id, "key": k.masked, "enabled": k.enabled, "qps": k.qps, "rpm": k.rpm,
+                     "queue": k.queue} for k in runtime(current_app).keys])

@@ -1,0 +1,146 @@
+"""The `/ws` endpoint: the WebSocket protocol of DESIGN.md.
+
+Every bad message gets an `error {code, message}` reply and the connection stays open (the old system closed the
+socket on a non-numeric camera id). Slow work (opening a camera to probe it) runs off the receive loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any, Callable
+
+from flask import Blueprint, current_app
+from simple_websocket import ConnectionClosed
+
+from traffic_celery import names
+from traffic_celery.capture import SourceError, open_capture
+from traffic_celery.results import event
+
+from .hub import Client
+from .runtime import Runtime, runtime
+from .sock import sock
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("ws", __name__)
+
+
+class ProtocolError(ValueError):
+    def __init__(self, code: str, message: str, camera_id: Any = None):
+        super().__init__(message)
+        self.code, self.message, self.camera_id = code, message, camera_id
+
+
+def _camera_id(data: dict[str, Any]) -> str:
+    raw = data.get("cameraId")
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not names.CAMERA_ID_RE.match(str(raw)):
+        raise ProtocolError("invalid_camera_id", f"cameraId must be a number or a name of letters, digits, '-' "
+                            f"or '_' (1-64 characters), got {json.dumps(raw)[:40]}")
+    return str(raw)
+
+
+def _url(data: dict[str, Any], camera_id: str) -> str:
+    url = data.get("rtspUrl")
+    if not isinstance(url, str) or not url.strip():
+        raise ProtocolError("invalid_url", "rtspUrl must be a non-empty string: an rtsp:// or http(s):// URL, "
+                            "a file path or a webcam index", camera_id)
+    return url.strip()
+
+
+def _ping(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
+    client.send(event("pong", {"timestamp": data.get("timestamp")}))
+
+
+def _start_stream(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
+    camera_id = _camera_id(data)
+    url = _url(data, camera_id)
+    client.cameras.add(camera_id)  # subscribe first, so the camera's first status reaches this client
+    started = rt.cameras.start(camera_id, url)
+    if not started:
+        client.send(event("camera_status", {"cameraId": camera_id, "status": 1,
+                                            "message": "already running; subscribed"}))
+
+
+def _stop_stream(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
+    camera_id = _camera_id(data)
+    if not rt.cameras.stop(camera_id):
+        raise ProtocolError("camera_not_running", f"camera {camera_id} is not running", camera_id)
+
+
+def _subscribe(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
+    camera_id = _camera_id(data)
+    client.cameras.add(camera_id)
+    client.send(event("subscribed", {"cameraId": camera_id}))
+
+
+def _unsubscribe(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
+    camera_id = _camera_id(data)
+    client.cameras.discard(camera_id)
+    client.send(event("unsubscribed", {"cameraId": camera_id}))
+
+
+def _check_camera(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
+    camera_id = _camera_id(data)
+    url = _url(data, camera_id)
+
+    def probe() -> None:
+        try:
+            open_capture(url).release()
+            client.send(event("camera_status", {"cameraId": camera_id, "status": 1, "message": "reachable"}))
+        except SourceError as exc:
+            client.send(event("camera_status", {"cameraId": camera_id, "status": 0, "message": str(exc)}))
+
+    threading.Thread(target=probe, name=f"probe-{camera_id}", daemon=True).start()
+
+
+HANDLERS: dict[str, Callable[[Runtime, Client, dict[str, Any]], None]] = {
+    "ping": _ping, "start_stream": _start_stream, "stop_stream": _stop_stream, "subscribe": _subscribe,
+    "unsubscribe": _unsubscribe, "check_camera": _check_camera,
+}
+
+
+def handle_message(rt: Runtime, client: Client, raw: Any) -> None:
+    """Dispatch one client message; any fault becomes an `error` event for this client only."""
+    try:
+        try:
+            msg = json.loads(raw)
+        except (TypeError, ValueError):
+            raise ProtocolError("invalid_json", "message is not valid JSON; send {\"type\": ..., \"data\": {...}}")
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            raise ProtocolError("invalid_message", "message must be an object with a string 'type'")
+        data = msg.get("data", {})
+        if not isinstance(data, dict):
+            raise ProtocolError("invalid_message", "'data' must be an object")
+        handler = HANDLERS.get(msg["type"])
+        if handler is None:
+            raise ProtocolError("unknown_type", f"unknown message type {msg['type'][:40]!r}; "
+                                f"expected one of {sorted(HANDLERS)}")
+        handler(rt, client, data)
+    except ProtocolError as exc:
+        payload = {"code": exc.code, "message": exc.message}
+        if exc.camera_id is not None:
+            payload["cameraId"] = exc.camera_id
+        client.send(event("error", payload))
+    except Exception as exc:  # never let one message kill the connection
+        logger.exception("failed to handle a client message")
+        client.send(event("error", {"code": "internal_error", "message": f"the server failed: {exc}"}))
+
+
+@sock.route("/ws", bp=bp)
+def websocket(ws) -> None:
+    rt = runtime(current_app)
+    rt.hub.ensure_started()
+    client = rt.hub.add(ws)
+    try:
+        client.send(event("connection_ack", {"clientId": client.id, "sampleVideo": str(rt.settings.sample_video),
+                                             "frameInterval": rt.settings.frame_interval}))
+        while not client.closed.is_set():
+            raw = ws.receive(timeout=1.0)
+            if raw is not None:
+                handle_message(rt, client, raw)
+    except ConnectionClosed:
+        pass
+    finally:
+        rt.hub.remove(client)

@@ -1,0 +1,22 @@
+"""`workers.results.on_assessment`: the callback linked to every `assess_group` (queue `results`).
+
+It keeps the camera's latest assessment and alert history and publishes the `risk_assessment` event that every
+web process relays to its WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from traffic_celery import results
+from workers.celery_app import app
+from workers.context import redis_client
+
+
+@app.task(acks_late=True)
+def on_assessment(assessment: dict[str, Any]) -> None:
+    assessment = {**assessment, "assessedAt": time.time()}
+    r = redis_client()
+    results.store_assessment(r, assessment)
+    results.publish(r, assessment["cameraId"], "risk_assessment", assessment)
