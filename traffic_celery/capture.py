@@ -175,7 +175,7 @@ class CaptureLoop:
         try:
             source = FrameSource(self.url, self._settings.loop_files).start()
             detector = self._detector()
-            self._status(True, f"online: {self.url}")
+            self._status(True, f"streaming {self.url}")
             self.log.info("capture started on %s", self.url)
             seq = 0
             next_at = time.monotonic()

@@ -42,10 +42,10 @@ class Detector:
 
         try:
             self._model = YOLO(model_path, task="detect")
+            self.names: dict[int, str] = dict(self._model.names)  # loads the backend for exported formats
         except Exception as exc:  # ultralytics raises many types for a bad file
             raise DetectorError(f"cannot load detection model {model_path!r} ({exc}); set TC_YOLO_MODEL to a "
                                 f".pt/.onnx/.tflite file ultralytics can load") from None
-        self.names: dict[int, str] = dict(self._model.names)
         unknown = [c for c in (classes or []) if c not in self.names.values()]
         if unknown:
             raise DetectorError(f"unknown class names {unknown} for this model; it spells them like "
@@ -60,6 +60,10 @@ class Detector:
     def from_settings(cls, settings: Settings) -> "Detector":
         return cls(settings.model_path, conf=settings.yolo_conf, imgsz=settings.yolo_imgsz,
                    classes=settings.yolo_classes)
+
+    def warm_up(self) -> None:
+        """Run one blank frame: the first inference builds the runtime (seconds), so no real frame pays it."""
+        self.detect(np.zeros((self._imgsz, self._imgsz, 3), dtype=np.uint8))
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
         """Objects in one BGR frame, most confident first."""
@@ -85,5 +89,6 @@ def shared_detector(settings: Settings) -> Detector:
         if _shared is None:
             started = time.monotonic()
             _shared = Detector.from_settings(settings)
+            _shared.warm_up()
             logger.info("loaded detection model %s in %.1fs", settings.model_path, time.monotonic() - started)
         return _shared

@@ -1,0 +1,1 @@
+"""The test suite: real Redis, real Celery workers, the fake provider, real sockets, a real browser."""
