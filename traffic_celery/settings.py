@@ -14,14 +14,19 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_MODEL = REPO_ROOT.parent / "shared" / "models" / "yolov8n_int8.tflite"
+SHARED_MODEL_NAME = "shared/models/yolov8n_int8.tflite"
 DEMO_KEYS_FILE = REPO_ROOT / "config" / "keys.demo.yaml"
 DEFAULT_MEDIA_DIR = REPO_ROOT / ".media"
 
 
 def _default_model() -> str:
-    """The offline COCO model beside the project if it is there, else ultralytics' own default (downloads)."""
-    return str(SHARED_MODEL) if SHARED_MODEL.exists() else "yolo11n.pt"
+    """The offline COCO model in `../shared/models/` (beside the checkout or one of its parents) if it is there,
+    else ultralytics' own default, which it downloads on a machine with internet."""
+    for folder in REPO_ROOT.parents:
+        candidate = folder / SHARED_MODEL_NAME
+        if candidate.exists():
+            return str(candidate)
+    return "yolo11n.pt"
 
 
 class Settings(BaseSettings):
