@@ -5,14 +5,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-import redis
 from celery import Celery
 
 from . import names
-from .keys import KeyPool
-from .router import pick_key
+from .router import Router
 
 logger = logging.getLogger(__name__)
 
@@ -21,15 +20,15 @@ CALLBACK_TASK = "workers.results.on_assessment"
 
 
 class Dispatcher:
-    def __init__(self, app: Celery, r: redis.Redis, pool: KeyPool):
-        self._app, self._redis, self._pool = app, r, pool
+    def __init__(self, app: Celery, router: Router):
+        self._app, self._router = app, router
 
     def __call__(self, job: dict[str, Any]) -> str:
         """Enqueue one job; returns the task id."""
-        key = pick_key(self._redis, self._pool)
+        key = self._router.pick()
         callback = self._app.signature(CALLBACK_TASK, queue=names.RESULTS_QUEUE)
-        result = self._app.send_task(ASSESS_TASK, args=[{**job, "keyId": key.id}], queue=key.queue,
-                                     link=callback)
+        job = {**job, "keyId": key.id, "enqueuedAt": time.time(), "failures": 0, "reroutes": 0}
+        result = self._app.send_task(ASSESS_TASK, args=[job], queue=key.queue, link=callback)
         logger.debug("enqueued %s for camera %s group %s on %s", result.id, job["cameraId"], job["groupId"],
                      key.queue)
         return result.id

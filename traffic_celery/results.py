@@ -43,14 +43,26 @@ def load_image(r: redis.Redis, key: str) -> Optional[bytes]:
     return r.get(key)
 
 
-def store_assessment(r: redis.Redis, assessment: dict[str, Any]) -> None:
-    """Keep the camera's latest assessment (with a TTL) and append it to its capped alert history."""
+# Atomic: a task's assessment is stored and published once, however often its callback is delivered.
+_STORE_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 86400) == false then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[3]))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', tonumber(ARGV[4]), '*', 'assessment', ARGV[1])
+redis.call('PUBLISH', KEYS[4], ARGV[2])
+return 1
+"""
+
+
+def store_assessment(r: redis.Redis, assessment: dict[str, Any]) -> bool:
+    """Keep the camera's latest assessment (TTL), append it to its capped alert history and publish
+    `risk_assessment`, all in one atomic step, once per task id. False if it was done already."""
     camera_id = assessment["cameraId"]
     payload = json.dumps(assessment, separators=(",", ":"))
-    pipe = r.pipeline()
-    pipe.set(names.latest_key(camera_id), payload, ex=LATEST_TTL)
-    pipe.xadd(names.alerts_key(camera_id), {"assessment": payload}, maxlen=ALERTS_MAXLEN, approximate=True)
-    pipe.execute()
+    keys = [f"tc:done:{assessment['taskId']}", names.latest_key(camera_id), names.alerts_key(camera_id),
+            names.events_channel(camera_id)]
+    done = r.eval(_STORE_ONCE, len(keys), *keys, payload, event("risk_assessment", assessment), LATEST_TTL,
+                  ALERTS_MAXLEN)
+    return bool(done)
 
 
 def latest_assessment(r: redis.Redis, camera_id: str) -> Optional[dict[str, Any]]:

@@ -1,22 +1,94 @@
-"""Chooses the API key (and so the Celery queue `llm.<key_id>`) for an assessment task when it is enqueued.
+"""Chooses the API key, and so the Celery queue `llm.<key_id>`, for an assessment task: when it is enqueued and
+when a worker moves it off a key that answered 429 or was disabled.
 
-Round robin over the enabled keys, with the counter in Redis so every capture process shares the rotation.
+Strategies (`TC_ROUTER`):
+
+- `least_loaded` (default): the smallest expected wait, (queued + in flight + 1) x the key's emission interval,
+  so queues fill in proportion to each key's rate and all keys stay busy;
+- `round_robin`: in turn, with the counter in Redis so every process shares the rotation;
+- `weighted`: at random in proportion to each key's `weight`.
+
+Keys that are disabled, switched off or cooling down are skipped. If every usable key is cooling, the one whose
+cooldown ends first is chosen: its task waits on its queue instead of failing.
 """
 
 from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterable, Optional
 
 import redis
 
 from . import names
 from .keys import ApiKey, KeyPool
+from .limiter import KeyLimiter, build_limiter, prefix
+from .redis_conn import connect
+from .settings import Settings
+
+STRATEGIES = ("least_loaded", "round_robin", "weighted")
 
 
 class NoKeyAvailable(RuntimeError):
-    """Every key is disabled; the message says how to fix it."""
+    """Every key is disabled or switched off; the message says how to fix it."""
 
 
-def pick_key(r: redis.Redis, pool: KeyPool) -> ApiKey:
-    keys = pool.enabled
-    if not keys:
-        raise NoKeyAvailable("no enabled API key; enable one in the keys file (enabled: true)")
-    return keys[(int(r.incr(names.ROUTER_COUNTER)) - 1) % len(keys)]
+@dataclass(frozen=True)
+class KeyLoad:
+    key: ApiKey
+    disabled: bool
+    cooldown: float  # seconds left
+    queued: int
+    in_flight: int
+
+
+class Router:
+    def __init__(self, r: redis.Redis, pool: KeyPool, limiter: KeyLimiter, strategy: str = "least_loaded",
+                 broker: Optional[redis.Redis] = None):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown router strategy {strategy!r}; use one of {STRATEGIES}")
+        self._redis, self._pool, self.limiter, self.strategy = r, pool, limiter, strategy
+        self._broker = broker  # the Redis broker, to read queue depths; None on another broker
+
+    def loads(self, keys: Iterable[ApiKey]) -> list[KeyLoad]:
+        keys = list(keys)
+        pipe = self._redis.pipeline()
+        for key in keys:
+            pipe.exists(prefix(key.id) + "disabled")
+            pipe.pttl(prefix(key.id) + "cooldown")
+            pipe.zcard(prefix(key.id) + "leases")
+        raw = pipe.execute()
+        depths = [0] * len(keys)
+        if self._broker is not None:
+            bpipe = self._broker.pipeline()
+            for key in keys:
+                bpipe.llen(key.queue)
+            depths = bpipe.execute()
+        return [KeyLoad(key, bool(raw[3 * i]), max(raw[3 * i + 1], 0) / 1000, int(depths[i]), int(raw[3 * i + 2]))
+                for i, key in enumerate(keys)]
+
+    def pick(self, exclude: Iterable[str] = ()) -> ApiKey:
+        """The key for the next task, never one in `exclude` unless it is the only usable one."""
+        excluded = set(exclude)
+        usable = [load for load in self.loads(self._pool.enabled) if not load.disabled]
+        if not usable:
+            raise NoKeyAvailable("no usable API key: every key is disabled or has enabled: false; fix the keys "
+                                 "file (a 401/403 disables a key until it is re-enabled)")
+        preferred = [load for load in usable if load.key.id not in excluded] or usable
+        ready = [load for load in preferred if load.cooldown <= 0]
+        if not ready:
+            return min(preferred, key=lambda load: load.cooldown).key
+        if self.strategy == "round_robin":
+            return ready[(int(self._redis.incr(names.ROUTER_COUNTER)) - 1) % len(ready)].key
+        if self.strategy == "weighted":
+            return random.choices(ready, weights=[load.key.weight for load in ready])[0].key
+        return min(ready, key=lambda load: ((load.queued + load.in_flight + 1) * self.limiter.interval(load.key),
+                                            random.random())).key
+
+
+
+def build_router(settings: Settings, r: redis.Redis, pool: KeyPool) -> Router:
+    """The router of settings: its strategy, the shared limiter, and the broker's Redis for queue depths."""
+    broker_url = settings.effective_broker_url
+    broker = connect(settings, broker_url) if broker_url.startswith(("redis://", "rediss://", "unix://")) else None
+    return Router(r, pool, build_limiter(settings, r), settings.router, broker)

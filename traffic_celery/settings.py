@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,7 +71,18 @@ class Settings(BaseSettings):
     llm_base_url: str = Field("http://127.0.0.1:8808/v1", description="OpenAI-compatible base URL.")
     llm_model: str = Field("qwen-vl-plus", description="Vision model name.")
     llm_timeout: float = Field(30.0, gt=0, le=600, description="Seconds for one chat-completions call.")
-    llm_max_retries: int = Field(5, ge=0, le=50, description="Retries of one assessment before dead-letter.")
+    llm_max_retries: int = Field(5, ge=0, le=50, description="Retries of one assessment after provider failures "
+                                 "(5xx, timeouts, bad replies) before it goes to the dead-letter store.")
+    router: Literal["least_loaded", "round_robin", "weighted"] = Field(
+        "least_loaded", description="How a task's API key (queue llm.<key_id>) is chosen.")
+    limit_margin: float = Field(0.03, ge=0, le=1, description="Calls are spaced this fraction wider than the "
+                                "key's limit, to absorb network jitter (0.03: 97% of the limit at most).")
+    limit_max_wait: float = Field(1.0, ge=0, le=30, description="A worker waits at most this long for its key's "
+                                  "next slot; beyond it the task is retried when the slot comes.")
+    cooldown_first: float = Field(10.0, gt=0, description="First cooldown of a key after a 429 without "
+                                  "Retry-After, seconds; doubles on each further 429.")
+    cooldown_max: float = Field(120.0, gt=0, description="Longest cooldown, seconds.")
+    max_reroutes: int = Field(20, ge=1, description="Moves of one task between keys before it is dead-lettered.")
 
     # --- Processes ------------------------------------------------------------------------------------------
     web_host: str = Field("127.0.0.1", description="Address the web tier binds.")

@@ -6,11 +6,14 @@ import logging
 from typing import Optional
 
 from flask import Flask
+from prometheus_client import CollectorRegistry
 
 from traffic_celery.cameras import CameraManager
 from traffic_celery.detection import shared_detector
 from traffic_celery.dispatch import Dispatcher
 from traffic_celery.keys import KeyPool
+from traffic_celery.metrics import KeyPoolCollector
+from traffic_celery.router import build_router
 from traffic_celery.redis_conn import connect
 from traffic_celery.settings import Settings, get_settings
 
@@ -31,9 +34,12 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     r = connect(settings)
     pool = KeyPool.from_settings(settings)
-    cameras = CameraManager(settings, r, lambda: shared_detector(settings), Dispatcher(make_app(settings), r, pool))
+    router = build_router(settings, r, pool)
+    registry = CollectorRegistry()
+    registry.register(KeyPoolCollector(pool, router.limiter, router))
+    cameras = CameraManager(settings, r, lambda: shared_detector(settings), Dispatcher(make_app(settings), router))
     app.extensions[EXTENSION] = Runtime(settings=settings, redis=r, hub=EventHub(settings), cameras=cameras,
-                                        keys=pool)
+                                        keys=pool, router=router, registry=registry)
 
     from . import routes, ws
 

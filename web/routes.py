@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import redis
-from flask import Blueprint, current_app, jsonify, send_from_directory
+from flask import Blueprint, Response, current_app, jsonify, send_from_directory
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from traffic_celery import names, results
+from traffic_celery.metrics import key_stats
 
 from .runtime import runtime
 
@@ -49,5 +51,13 @@ def latest(camera_id: str):
 
 @bp.get("/api/keys")
 def keys():
-    return jsonify([{"id": k.id, "key": k.masked, "enabled": k.enabled, "qps": k.qps, "rpm": k.rpm,
-                     "queue": k.queue} for k in runtime(current_app).keys])
+    rt = runtime(current_app)
+    try:
+        return jsonify(key_stats(rt.keys, rt.router.limiter, rt.router))
+    except redis.RedisError as exc:
+        return jsonify(error=f"Redis unreachable ({exc}); check TC_REDIS_URL"), 503
+
+
+@bp.get("/metrics")
+def metrics():
+    return Response(generate_latest(runtime(current_app).registry), mimetype=CONTENT_TYPE_LATEST)

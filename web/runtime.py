@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import redis
 from flask import Flask
+from prometheus_client import CollectorRegistry
 
 from traffic_celery.cameras import CameraManager
 from traffic_celery.keys import KeyPool
+from traffic_celery.router import Router
 from traffic_celery.settings import Settings
 
 from .hub import EventHub
@@ -23,6 +25,8 @@ class Runtime:
     hub: EventHub
     cameras: CameraManager
     keys: KeyPool
+    router: Router
+    registry: CollectorRegistry
 
     def close(self) -> None:
         self.cameras.stop_all()

@@ -1,24 +1,33 @@
-"""`workers.assess.assess_group`: ask the vision LLM about one traffic group's crop.
+"""`workers.assess.assess_group`: ask the vision LLM about one traffic group's crop, within the key's limits.
 
-The task's argument is a JSON job (camera, group, image key, features, key *id*); the secret is resolved here,
-so it never appears in the broker, the result backend or Flower. Failures:
+The argument is a JSON job (camera, group, image key, features, key *id*, counters); the secret is resolved here,
+so it never appears in the broker, the result backend or Flower. Every move is a Celery retry of the same task id
+(the linked callback travels with it), so clients see one assessment per task whatever happened on the way:
 
-- 429: retried after the provider's `Retry-After` (issue 3 moves it to another key's queue instead);
-- 5xx, timeouts, a reply that does not follow the schema: retried with exponential backoff and jitter;
-- 401/403, a 4xx, a crop that expired, or the last retry spent: dead-lettered in `tc:dlq` with the reason and an
-  `error` event to the camera's clients; the task then fails (the linked callback does not run).
+- no slot on the key yet (limiter says `wait`/`busy`): retried on the same queue when the slot comes;
+- the key is cooling down or disabled: moved at once to the queue of the key the router picks;
+- 429: the key cools down (`Retry-After`, else 10 s doubling to 120 s) and the task moves to another key at once;
+- 401/403: the key is disabled, an `error` event says so, and the task moves to another key;
+- 5xx, timeouts, a reply outside the schema: retried with exponential backoff and jitter, up to
+  `TC_LLM_MAX_RETRIES`; then, like any other 4xx or an expired crop, the task goes to the dead-letter store
+  `tc:dlq` with its reason, an `error` event reaches the camera's clients, and the task fails.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+import time
+from typing import Any, Optional
+
+from celery.exceptions import Retry
 
 from traffic_celery import assessment, llm_client, results
+from traffic_celery.keys import ApiKey
+from traffic_celery.router import NoKeyAvailable
 from traffic_celery.settings import get_settings
 from workers.celery_app import app
-from workers.context import key_pool, redis_client
+from workers.context import key_pool, limiter, redis_client, router
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +45,25 @@ def _give_up(task_id: str, job: dict[str, Any], reason: str) -> AssessmentFailed
     return AssessmentFailed(reason)
 
 
-def _backoff(retries: int) -> float:
-    return min(60.0, 2.0 ** retries) * random.uniform(0.5, 1.0)
+def _backoff(failures: int) -> float:
+    return min(60.0, 2.0 ** failures) * random.uniform(0.5, 1.0)
+
+
+def _move(task, job: dict[str, Any], away_from: ApiKey, why: str) -> Retry:
+    """Retry the task at once on another key's queue (the same key only if it is the only usable one)."""
+    if job.get("reroutes", 0) >= get_settings().max_reroutes:
+        raise _give_up(task.request.id, job, f"moved between keys {job['reroutes']} times ({why}); "
+                                             f"add keys or raise their limits")
+    try:
+        target = router().pick(exclude={away_from.id})
+    except NoKeyAvailable as exc:
+        raise _give_up(task.request.id, job, str(exc)) from None
+    countdown = 0.0
+    if target.id == away_from.id:  # nowhere else to go: wait for this key
+        countdown = max(0.05, limiter().state(target)["cooldownLeft"])  # type: ignore[arg-type]
+    logger.info("task %s: %s; moving from key %s to %s", task.request.id, why, away_from.id, target.id)
+    new_job = {**job, "keyId": target.id, "reroutes": job.get("reroutes", 0) + 1}
+    return task.retry(args=[new_job], queue=target.queue, countdown=countdown, max_retries=None)
 
 
 @app.task(bind=True, max_retries=None, acks_late=True)
@@ -50,24 +76,53 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
     if jpeg is None:
         raise _give_up(task_id, job, f"crop {job['imageKey']} expired before the assessment; "
                                      f"raise TC_IMAGE_TTL or add workers")
-    messages = assessment.build_messages(job["groupIndex"], job["memberTrackIds"], job["features"], jpeg)
+
+    grant = limiter().acquire(key)
+    if grant.state in ("cooling", "disabled"):
+        raise _move(self, job, key, f"key {key.id} is {grant.state}")
+    if not grant.granted:  # the key's next slot is further than TC_LIMIT_MAX_WAIT: come back for it
+        raise self.retry(countdown=grant.wait, max_retries=None)
+    first_call_at: Optional[float] = job.get("startedAt")
     try:
+        if grant.wait > 0:
+            time.sleep(grant.wait)  # the slot the limiter reserved for this call
+        started = time.time()
+        limiter().count(key, "calls")
+        messages = assessment.build_messages(job["groupIndex"], job["memberTrackIds"], job["features"], jpeg)
         completion = llm_client.chat_completion(key, settings.llm_base_url, settings.llm_model, messages,
                                                 settings.llm_timeout)
         result = assessment.parse_reply(completion.text, job["groupIndex"])
+    except llm_client.RateLimited as exc:
+        limiter().count(key, "rate_limited")
+        cooldown = exc.retry_after if exc.retry_after is not None else \
+            limiter().next_backoff(key, settings.cooldown_first, settings.cooldown_max)
+        limiter().cool_down(key, cooldown)
+        logger.warning("key %s answered 429; cooling it for %.1fs", key.id, cooldown)
+        raise _move(self, job, key, "rate-limited by the provider") from None
+    except llm_client.AuthRejected as exc:
+        limiter().count(key, "failures")
+        limiter().disable(key, str(exc))
+        results.publish(redis_client(), job["cameraId"], "error", {
+            "code": "key_disabled", "message": str(exc), "cameraId": job["cameraId"], "keyId": key.id})
+        raise _move(self, job, key, f"key {key.id} rejected by the provider") from None
     except (llm_client.LLMCallError, assessment.ReplyError) as exc:
-        retryable = getattr(exc, "retryable", True)
-        if not retryable or self.request.retries >= settings.llm_max_retries:
-            raise _give_up(task_id, job, f"{exc} (after {self.request.retries + 1} attempts)") from None
-        countdown = exc.retry_after if isinstance(exc, llm_client.RateLimited) and exc.retry_after is not None \
-            else _backoff(self.request.retries)
+        limiter().count(key, "failures")
+        failures = job.get("failures", 0) + 1
+        if not getattr(exc, "retryable", True) or failures > settings.llm_max_retries:
+            raise _give_up(task_id, job, f"{exc} (after {failures} failed attempts)") from None
+        countdown = _backoff(failures)
         logger.warning("task %s on key %s: %s; retrying in %.1fs", task_id, key.id, exc, countdown)
-        raise self.retry(countdown=countdown, exc=exc)
+        raise self.retry(args=[{**job, "failures": failures, "startedAt": first_call_at or started}],
+                         countdown=countdown, max_retries=None) from None
+    finally:
+        limiter().release(key, grant.lease)
+    limiter().succeeded(key)
     return {
         "cameraId": job["cameraId"], "groupId": job["groupId"], "groupIndex": job["groupIndex"],
         "taskId": task_id, "riskLevel": result.riskLevel, "riskTypes": result.riskTypes,
         "description": result.description, "confidence": result.confidence,
         "dangerObjectIds": result.triggerObjectIds, "llmLatency": round(completion.latency, 4),
         "llmModel": completion.model, "apiKeyId": key.id, "frameTimestamp": job["frameTimestamp"],
+        "queueWait": round((first_call_at or started) - job.get("enqueuedAt", started), 4),
         "imageKey": job["imageKey"],
     }

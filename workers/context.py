@@ -7,7 +7,9 @@ import functools
 import redis
 
 from traffic_celery.keys import KeyPool
+from traffic_celery.limiter import KeyLimiter, build_limiter
 from traffic_celery.redis_conn import connect
+from traffic_celery.router import Router, build_router
 from traffic_celery.settings import get_settings
 
 
@@ -19,3 +21,13 @@ def redis_client() -> redis.Redis:
 @functools.lru_cache(maxsize=1)
 def key_pool() -> KeyPool:
     return KeyPool.from_settings(get_settings())
+
+
+@functools.lru_cache(maxsize=1)
+def limiter() -> KeyLimiter:
+    return build_limiter(get_settings(), redis_client())
+
+
+@functools.lru_cache(maxsize=1)
+def router() -> Router:
+    return build_router(get_settings(), redis_client(), key_pool())

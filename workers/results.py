@@ -1,7 +1,7 @@
 """`workers.results.on_assessment`: the callback linked to every `assess_group` (queue `results`).
 
 It keeps the camera's latest assessment and alert history and publishes the `risk_assessment` event that every
-web process relays to its WebSocket clients.
+web process relays to its WebSocket clients, once per task id: a redelivered callback publishes nothing twice.
 """
 
 from __future__ import annotations
@@ -16,7 +16,4 @@ from workers.context import redis_client
 
 @app.task(acks_late=True)
 def on_assessment(assessment: dict[str, Any]) -> None:
-    assessment = {**assessment, "assessedAt": time.time()}
-    r = redis_client()
-    results.store_assessment(r, assessment)
-    results.publish(r, assessment["cameraId"], "risk_assessment", assessment)
+    results.store_assessment(redis_client(), {**assessment, "assessedAt": time.time()})

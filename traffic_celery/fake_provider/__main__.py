@@ -15,7 +15,7 @@ import threading
 from ..keys import KeysError, load_keys
 from ..logs import setup_logging
 from ..settings import get_settings
-from .server import DEFAULT_MODELS, ProviderServer, ProviderState
+from .server import DEFAULT_MODELS, Faults, ProviderServer, ProviderState
 
 logger = logging.getLogger("traffic_celery.fake_provider")
 
@@ -28,6 +28,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--latency", type=float, default=settings.provider_latency, help="seconds per reply")
     parser.add_argument("--qps", type=float, default=None, help="per-key QPS limit for every key "
                         "(default: each key's qps from the keys configuration)")
+    parser.add_argument("--rpm", type=float, default=None, help="per-key RPM limit for every key "
+                        "(default: each key's rpm from the keys configuration)")
+    parser.add_argument("--key-limit", action="append", default=[], metavar="ID=QPS[/RPM]",
+                        help="the provider's own limit for one key, whatever the keys file says (repeatable)")
+    parser.add_argument("--revoked", action="append", default=[], metavar="ID",
+                        help="this key answers 401, as if revoked (repeatable)")
+    parser.add_argument("--latency-jitter", type=float, default=0.0, help="plus uniform [0, J) seconds")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="fraction of 500 answers")
+    parser.add_argument("--malformed-rate", type=float, default=0.0, help="fraction of non-JSON replies")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the fault and latency draws")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="accepted model names")
     args = parser.parse_args(argv)
     setup_logging(settings, "provider")
@@ -36,8 +46,18 @@ def main(argv: list[str]) -> int:
     except KeysError as exc:
         logger.error("%s", exc)
         return 2
-    state = ProviderState({k.secret: (k.id, args.qps or k.qps) for k in keys}, latency=args.latency,
-                          models=tuple(m for m in args.models.split(",") if m))
+    qps = {k.id: args.qps or k.qps for k in keys}
+    rpm = {k.id: args.rpm or k.rpm for k in keys}
+    for item in args.key_limit:
+        key_id, _, limits = item.partition("=")
+        q, _, m = limits.partition("/")
+        qps[key_id] = float(q)
+        if m:
+            rpm[key_id] = float(m)
+    faults = Faults(error_rate=args.error_rate, malformed_rate=args.malformed_rate, latency=args.latency,
+                    latency_jitter=args.latency_jitter, seed=args.seed)
+    state = ProviderState({k.secret: (k.id, qps[k.id]) for k in keys}, rpm=rpm, revoked=tuple(args.revoked),
+                          faults=faults, models=tuple(m for m in args.models.split(",") if m))
     server = ProviderServer((args.host, args.port), state)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     logger.info("fake LLM provider listening on %s (%d keys, latency %.2fs)", server.url, len(keys), args.latency)

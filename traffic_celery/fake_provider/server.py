@@ -1,7 +1,8 @@
 """A local stand-in for DashScope/OpenAI: `POST /v1/chat/completions` over real HTTP.
 
-Faithful where it matters to the system: Bearer auth against a set of keys (401 otherwise), a per-key QPS limit
-answered with 429 and `Retry-After`, a configurable latency, OpenAI-shaped errors for what the real API rejects
+Faithful where it matters to the system: Bearer auth against a set of keys (401 otherwise), strict per-key QPS
+and RPM limits (sliding windows of 1 s and 60 s over the requests it accepted) answered with 429 and
+`Retry-After`, a latency distribution, injectable faults (500s, malformed JSON, a revoked key answering 401), OpenAI-shaped errors for what the real API rejects
 (malformed JSON, no model or messages, unknown model, no image, a broken data URI, an oversized body), and a
 reply in the schema of DESIGN.md computed deterministically from the FACTS line of the prompt, so tests can
 predict it. `GET /stats` gives the counts (requests, 200s, 429s per key id); keys are never shown in full.
@@ -13,6 +14,7 @@ import base64
 import binascii
 import json
 import logging
+import random
 import re
 import threading
 import time
@@ -45,53 +47,104 @@ class ApiError(Exception):
 class KeyState:
     key_id: str
     qps: float
-    window: deque = field(default_factory=deque)  # monotonic times of accepted requests in the last second
+    rpm: float = float("inf")
+    revoked: bool = False  # answers 401, like a key revoked at the provider
+    second: deque = field(default_factory=deque)  # monotonic times of accepted requests, last second
+    minute: deque = field(default_factory=deque)  # ... last minute
     requests: int = 0
     ok: int = 0
     rate_limited: int = 0
+    max_in_second: int = 0  # the most accepted requests ever seen in one sliding second
+    max_in_minute: int = 0
+    faults: int = 0
+
+
+@dataclass
+class Faults:
+    """Injected misbehaviour, drawn per accepted request from a seeded generator."""
+
+    error_rate: float = 0.0  # 500 Internal Server Error
+    malformed_rate: float = 0.0  # 200 with a reply that is not JSON
+    latency: float = 0.3  # seconds, the least a reply takes
+    latency_jitter: float = 0.0  # plus uniform [0, jitter)
+    seed: Optional[int] = None
 
 
 class ProviderState:
-    """Keys, limits and counters, shared by the server's threads under one lock."""
+    """Keys, limits, faults and counters, shared by the server's threads under one lock."""
 
     def __init__(self, keys: dict[str, tuple[str, float]], latency: float = 0.3,
-                 models: tuple[str, ...] = DEFAULT_MODELS):
-        """`keys`: secret -> (key id, QPS limit)."""
-        self._keys = {secret: KeyState(key_id, qps) for secret, (key_id, qps) in keys.items()}
-        self.latency = latency
+                 models: tuple[str, ...] = DEFAULT_MODELS, rpm: Optional[dict[str, float]] = None,
+                 revoked: tuple[str, ...] = (), faults: Optional[Faults] = None):
+        """`keys`: secret -> (key id, QPS limit); `rpm`: key id -> RPM limit; `revoked`: key ids answering 401."""
+        rpm = rpm or {}
+        self._keys = {secret: KeyState(key_id, qps, rpm.get(key_id, float("inf")), key_id in revoked)
+                      for secret, (key_id, qps) in keys.items()}
+        self.faults = faults or Faults(latency=latency)
         self.models = models
         self.lock = threading.Lock()
+        self._rng = random.Random(self.faults.seed)
+
+    @property
+    def latency(self) -> float:
+        return self.faults.latency
 
     def admit(self, secret: str) -> KeyState:
-        """Count a request for the key; raise 401 for an unknown key, 429 when its QPS is spent."""
+        """Count a request for the key; raise 401 for an unknown or revoked key, 429 when its QPS or RPM is
+        spent (only accepted requests count toward the limits, as with real providers)."""
         state = self._keys.get(secret)
-        if state is None:
+        if state is None or state.revoked:
             raise ApiError(401, f"Incorrect API key provided: {mask(secret)}.", "invalid_api_key")
         now = time.monotonic()
         with self.lock:
             state.requests += 1
-            while state.window and now - state.window[0] >= 1.0:
-                state.window.popleft()
-            if len(state.window) >= state.qps:
-                state.rate_limited += 1
-                wait = max(0.001, 1.0 - (now - state.window[0]))
-                raise ApiError(429, f"Rate limit reached for key {state.key_id}: {state.qps:g} requests per "
-                                    f"second. Please retry after {wait:.3f}s.", "rate_limit_exceeded",
-                               "requests", {"Retry-After": f"{wait:.3f}", "retry-after-ms": str(int(wait * 1000))})
-            state.window.append(now)
+            for window, span in ((state.second, 1.0), (state.minute, 60.0)):
+                while window and now - window[0] >= span:
+                    window.popleft()
+            for window, span, limit, unit in ((state.second, 1.0, state.qps, "second"),
+                                              (state.minute, 60.0, state.rpm, "minute")):
+                if len(window) >= limit:
+                    state.rate_limited += 1
+                    wait = max(0.001, span - (now - window[0]))
+                    raise ApiError(429, f"Rate limit reached for key {state.key_id}: {limit:g} requests per "
+                                        f"{unit}. Please retry after {wait:.3f}s.", "rate_limit_exceeded",
+                                   "requests", {"Retry-After": f"{wait:.3f}", "retry-after-ms": str(int(wait * 1000))})
+            state.second.append(now)
+            state.minute.append(now)
+            state.max_in_second = max(state.max_in_second, len(state.second))
+            state.max_in_minute = max(state.max_in_minute, len(state.minute))
         return state
 
-    def succeeded(self, state: KeyState) -> None:
+    def draw(self) -> tuple[float, Optional[str]]:
+        """This request's latency and injected fault (None, "error" or "malformed")."""
+        f = self.faults
         with self.lock:
-            state.ok += 1
+            latency = f.latency + (self._rng.uniform(0, f.latency_jitter) if f.latency_jitter else 0.0)
+            roll = self._rng.random()
+        if roll < f.error_rate:
+            return latency, "error"
+        if roll < f.error_rate + f.malformed_rate:
+            return latency, "malformed"
+        return latency, None
+
+    def finished(self, state: KeyState, fault: Optional[str]) -> None:
+        with self.lock:
+            if fault:
+                state.faults += 1
+            else:
+                state.ok += 1
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
-            keys = {s.key_id: {"masked": mask(secret), "qps": s.qps, "requests": s.requests, "ok": s.ok,
-                               "rateLimited": s.rate_limited} for secret, s in self._keys.items()}
+            keys = {s.key_id: {"masked": mask(secret), "qps": s.qps, "rpm": None if s.rpm == float("inf") else s.rpm,
+                               "requests": s.requests, "ok": s.ok, "rateLimited": s.rate_limited,
+                               "faults": s.faults, "maxInSecond": s.max_in_second,
+                               "maxInMinute": s.max_in_minute, "revoked": s.revoked}
+                    for secret, s in self._keys.items()}
         return {"keys": keys, "requests": sum(k["requests"] for k in keys.values()),
                 "ok": sum(k["ok"] for k in keys.values()),
-                "rateLimited": sum(k["rateLimited"] for k in keys.values())}
+                "rateLimited": sum(k["rateLimited"] for k in keys.values()),
+                "faults": sum(k["faults"] for k in keys.values())}
 
 
 def _check_image(url: Any) -> None:
@@ -231,10 +284,15 @@ class Handler(BaseHTTPRequestHandler):
             except (ValueError, UnicodeDecodeError):
                 raise ApiError(400, "We could not parse the JSON body of your request.", "invalid_json") from None
             model, text = validate_request(body, state.models)
-            if state.latency:
-                time.sleep(state.latency)  # the simulated inference time
-            reply = assess_from_facts(text).model_dump_json()
-            state.succeeded(key_state)
+            latency, fault = state.draw()
+            if latency:
+                time.sleep(latency)  # the simulated inference time
+            state.finished(key_state, fault)
+            if fault == "error":
+                raise ApiError(500, "The server had an error while processing your request.", "server_error",
+                               "server_error")
+            reply = "I am sorry, I cannot assess this image." if fault == "malformed" else \
+                assess_from_facts(text).model_dump_json()
             self._send(200, {
                 "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": model,

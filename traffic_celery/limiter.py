@@ -1,0 +1,168 @@
+"""The per-key rate limiter, shared by every worker process on every machine: state in Redis, one atomic Lua
+script per acquisition. It is the only place API-key limits are enforced.
+
+Per key `<id>` (all under `tc:key:<id>:`):
+
+- `tat`: GCRA theoretical arrival time. One emission interval `T = max(1/qps, 60/rpm) * (1 + margin)` enforces
+  both the QPS and the RPM limit (calls are spaced at least T apart, so no window of a second or a minute ever
+  holds more than the limit), and the margin absorbs network jitter between the grant and the provider's clock.
+  A grant may be a reservation up to `max_wait` seconds ahead: the caller sleeps until its slot, which keeps the
+  key busy without ever holding a worker for long.
+- `leases`: a sorted set of in-flight calls scored by expiry, capped at `max_in_flight`. A worker killed
+  mid-call leaks nothing: its lease expires after `lease_ttl`.
+- `cooldown` (a key with a TTL) after a 429 or repeated failures, `disabled` after a 401/403: no grant while set.
+- `stats`: a hash of counters (calls, successes, rate_limited, failures) for `/api/keys` and metrics.
+
+Times come from Redis's own clock (`TIME`), so machines with skewed clocks still share one schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Optional
+
+import redis
+
+from .keys import ApiKey
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ACQUIRE = """
+local tat_key, leases_key, cooldown_key, disabled_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local interval, max_wait, max_in_flight, lease_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease_id = ARGV[5]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if redis.call('EXISTS', disabled_key) == 1 then
+  return {'disabled', '0', redis.call('GET', disabled_key)}
+end
+local cool = redis.call('PTTL', cooldown_key)
+if cool > 0 then
+  return {'cooling', tostring(cool / 1000), ''}
+end
+redis.call('ZREMRANGEBYSCORE', leases_key, '-inf', now)
+if redis.call('ZCARD', leases_key) >= max_in_flight then
+  local first = redis.call('ZRANGE', leases_key, 0, 0, 'WITHSCORES')
+  return {'busy', tostring(math.min(interval, tonumber(first[2]) - now)), ''}
+end
+local tat = tonumber(redis.call('GET', tat_key) or '0')
+if tat < now then tat = now end
+local wait = tat - now
+if wait > max_wait then
+  return {'wait', tostring(wait - max_wait), ''}
+end
+redis.call('SET', tat_key, tostring(tat + interval), 'PX', math.ceil((tat + interval - now) * 1000) + 60000)
+redis.call('ZADD', leases_key, now + wait + lease_ttl, lease_id)
+redis.call('PEXPIRE', leases_key, math.ceil((wait + lease_ttl) * 1000) + 60000)
+return {'granted', tostring(wait), lease_id}
+"""
+
+RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def prefix(key_id: str) -> str:
+    return f"tc:key:{key_id}:"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """`granted`: call after `wait` seconds and release `lease`; otherwise `state` says why not, and `wait` when
+    it is worth trying again (`cooling`, `busy`, `wait`), or `reason` (`disabled`)."""
+
+    state: str
+    wait: float
+    lease: str = ""
+    reason: str = ""
+
+    @property
+    def granted(self) -> bool:
+        return self.state == "granted"
+
+
+class KeyLimiter:
+    """Acquire/release against the shared state of the keys; one instance per process is enough."""
+
+    def __init__(self, r: redis.Redis, margin: float = 0.03, max_wait: float = 1.0, lease_ttl: float = 60.0):
+        self._redis = r
+        self._acquire = r.register_script(ACQUIRE)
+        self._release = r.register_script(RELEASE)
+        self.margin, self.max_wait, self.lease_ttl = margin, max_wait, lease_ttl
+        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    def interval(self, key: ApiKey) -> float:
+        return max(1.0 / key.qps, 60.0 / key.rpm) * (1.0 + self.margin)
+
+    def acquire(self, key: ApiKey, max_wait: Optional[float] = None) -> Grant:
+        p = prefix(key.id)
+        lease = f"{self._owner}:{uuid.uuid4().hex[:12]}"
+        state, wait, extra = self._acquire(
+            keys=[p + "tat", p + "leases", p + "cooldown", p + "disabled"],
+            args=[self.interval(key), self.max_wait if max_wait is None else max_wait, key.max_in_flight,
+                  self.lease_ttl, lease])
+        state, extra = state.decode(), extra.decode()
+        if state == "granted":
+            return Grant(state, float(wait), lease=extra)
+        return Grant(state, float(wait), reason=extra)
+
+    def release(self, key: ApiKey, lease: str) -> None:
+        self._release(keys=[prefix(key.id) + "leases"], args=[lease])
+
+    # --- key state ------------------------------------------------------------------------------------------
+    def cool_down(self, key: ApiKey, seconds: float) -> None:
+        self._redis.set(prefix(key.id) + "cooldown", f"{seconds:.3f}", px=max(1, int(seconds * 1000)))
+
+    def next_backoff(self, key: ApiKey, first: float = 10.0, cap: float = 120.0) -> float:
+        """Adaptive cooldown when the provider gives no Retry-After: 10 s, doubling up to 120 s until a success."""
+        current = self._redis.get(prefix(key.id) + "backoff")
+        seconds = first if current is None else min(cap, float(current) * 2)
+        self._redis.set(prefix(key.id) + "backoff", seconds, ex=int(cap * 4))
+        return seconds
+
+    def succeeded(self, key: ApiKey) -> None:
+        pipe = self._redis.pipeline()
+        pipe.delete(prefix(key.id) + "backoff")
+        pipe.hincrby(prefix(key.id) + "stats", "successes", 1)
+        pipe.execute()
+
+    def count(self, key: ApiKey, field: str, n: int = 1) -> None:
+        self._redis.hincrby(prefix(key.id) + "stats", field, n)
+
+    def disable(self, key: ApiKey, reason: str) -> None:
+        self._redis.set(prefix(key.id) + "disabled", reason)
+        logger.error("disabled key %s: %s", key.id, reason)
+
+    def enable(self, key: ApiKey) -> None:
+        self._redis.delete(prefix(key.id) + "disabled", prefix(key.id) + "cooldown", prefix(key.id) + "backoff")
+
+    def state(self, key: ApiKey) -> dict[str, object]:
+        """What `/api/keys` and the metrics show of a key (never its secret)."""
+        p = prefix(key.id)
+        pipe = self._redis.pipeline()
+        pipe.get(p + "disabled")
+        pipe.pttl(p + "cooldown")
+        pipe.zcount(p + "leases", "(" + str(self._now()), "+inf")
+        pipe.hgetall(p + "stats")
+        disabled, cool_ms, in_flight, stats = pipe.execute()
+        stats = {k.decode(): int(v) for k, v in stats.items()}
+        state = "disabled" if disabled else "cooling" if cool_ms > 0 else "ready" if key.enabled else "off"
+        return {"state": state, "disabledReason": disabled.decode() if disabled else None,
+                "cooldownLeft": round(max(cool_ms, 0) / 1000, 3), "inFlight": int(in_flight),
+                "calls": stats.get("calls", 0), "successes": stats.get("successes", 0),
+                "rateLimited": stats.get("rate_limited", 0), "failures": stats.get("failures", 0)}
+
+    def _now(self) -> float:
+        sec, usec = self._redis.time()
+        return sec + usec / 1e6
+
+
+def build_limiter(settings: Settings, r: redis.Redis) -> KeyLimiter:
+    return KeyLimiter(r, margin=settings.limit_margin, max_wait=settings.limit_max_wait,
+                      lease_ttl=settings.llm_timeout + 10)

@@ -1,0 +1,60 @@
+"""Prometheus metrics of the project, one prefix (`tc_`), bounded labels (key id, queue), never a secret.
+
+Per-key figures live in Redis (the limiter's shared state), so every process sees the same numbers: the
+:class:`KeyPoolCollector` reads them at scrape time, whichever process is scraped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .keys import KeyPool
+from .limiter import KeyLimiter
+from .router import Router
+
+logger = logging.getLogger(__name__)
+
+
+def key_stats(pool: KeyPool, limiter: KeyLimiter, router: Router) -> list[dict[str, object]]:
+    """What `/api/keys` shows: masked key, limits, state, in flight, counters, cooldown left, queue depth."""
+    depths = {load.key.id: load.queued for load in router.loads(pool)}
+    return [{"id": key.id, "key": key.masked, "enabled": key.enabled, "qps": key.qps, "rpm": key.rpm,
+             "maxInFlight": key.max_in_flight, "weight": key.weight, "queue": key.queue,
+             "queued": depths[key.id], **limiter.state(key)} for key in pool]
+
+
+class KeyPoolCollector(Collector):
+    def __init__(self, pool: KeyPool, limiter: KeyLimiter, router: Router):
+        self._pool, self._limiter, self._router = pool, limiter, router
+
+    def collect(self) -> Iterator:
+        try:
+            stats = key_stats(self._pool, self._limiter, self._router)
+        except redis.RedisError as exc:
+            logger.warning("cannot read key stats for /metrics: %s", exc)
+            return
+        counters = {name: CounterMetricFamily(f"tc_llm_key_{name}", help_, labels=["key"]) for name, help_ in (
+            ("calls", "LLM calls made with the key"), ("successes", "LLM calls that returned an assessment"),
+            ("rate_limited", "429 answers the key received"), ("failures", "failed LLM calls (5xx, timeouts, "
+                                                                           "bad replies, 401/403)"))}
+        gauges = {name: GaugeMetricFamily(f"tc_llm_key_{name}", help_, labels=["key"]) for name, help_ in (
+            ("in_flight", "calls in flight (live leases)"), ("cooldown_seconds", "cooldown left"),
+            ("queue_depth", "tasks waiting on the key's queue"), ("disabled", "1 when the key is disabled"),
+            ("limit_qps", "the key's QPS limit"))}
+        for s in stats:
+            labels = [str(s["id"])]
+            for name, field in (("calls", "calls"), ("successes", "successes"), ("rate_limited", "rateLimited"),
+                                ("failures", "failures")):
+                counters[name].add_metric(labels, float(s[field]))  # type: ignore[arg-type]
+            gauges["in_flight"].add_metric(labels, float(s["inFlight"]))  # type: ignore[arg-type]
+            gauges["cooldown_seconds"].add_metric(labels, float(s["cooldownLeft"]))  # type: ignore[arg-type]
+            gauges["queue_depth"].add_metric(labels, float(s["queued"]))  # type: ignore[arg-type]
+            gauges["disabled"].add_metric(labels, 1.0 if s["state"] == "disabled" else 0.0)
+            gauges["limit_qps"].add_metric(labels, float(s["qps"]))  # type: ignore[arg-type]
+        yield from counters.values()
+        yield from gauges.values()
