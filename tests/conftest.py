@@ -27,6 +27,7 @@ from traffic_celery.settings import REPO_ROOT, Settings
 SAMPLE_VIDEO = REPO_ROOT / ".media" / "vtest.avi"
 TEST_KEYS = "test-a=tk-test-secret-aaaa-1111,test-b=tk-test-secret-bbbb-2222"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
+ASSETS_BUS = Path(__import__("ultralytics").__file__).parent / "assets" / "bus.jpg"
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -29,7 +29,7 @@ from .settings import REPO_ROOT, Settings, get_settings
 logger = logging.getLogger(__name__)
 
 PROCFILE = REPO_ROOT / "Procfile"
-DEFAULT_PROCESSES = ("provider", "worker", "web", "flower")
+DEFAULT_PROCESSES = ("provider", "worker", "results", "web", "flower")
 
 
 def read_procfile(path: Path = PROCFILE) -> dict[str, str]:

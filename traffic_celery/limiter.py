@@ -6,8 +6,14 @@ Per key `<id>` (all under `tc:key:<id>:`):
 - `tat`: GCRA theoretical arrival time. One emission interval `T = max(1/qps, 60/rpm) * (1 + margin)` enforces
   both the QPS and the RPM limit (calls are spaced at least T apart, so no window of a second or a minute ever
   holds more than the limit), and the margin absorbs network jitter between the grant and the provider's clock.
-  A grant may be a reservation up to `max_wait` seconds ahead: the caller sleeps until its slot, which keeps the
-  key busy without ever holding a worker for long.
+  `acquire(max_wait=w)` may grant a reservation up to `w` seconds ahead. The worker uses `w=0` and sleeps
+  between attempts instead (see `workers.assess`): a grant taken at the moment of sending cannot be bunched by a
+  late wake-up, which is what keeps the provider's own count under the limit.
+- `sent`: the send times of the last calls, by slot and then by the time the worker confirms the request was
+  written. Besides the spacing, no slot is granted while the last `(1 + margin)` seconds before it already hold
+  `qps` sends: this mirrors the provider's strict one-second window on the real send times, so a worker that
+  was late to send (a busy machine can delay a process by tens of milliseconds) pushes the next calls back
+  instead of bunching with them.
 - `leases`: a sorted set of in-flight calls scored by expiry, capped at `max_in_flight`. A worker killed
   mid-call leaks nothing: its lease expires after `lease_ttl`.
 - `cooldown` (a key with a TTL) after a 429 or repeated failures, `disabled` after a 401/403: no grant while set.
@@ -33,9 +39,10 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 ACQUIRE = """
-local tat_key, leases_key, cooldown_key, disabled_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local tat_key, leases_key, cooldown_key, disabled_key, sent_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local interval, max_wait, max_in_flight, lease_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local lease_id = ARGV[5]
+local lease_id, tolerance = ARGV[5], tonumber(ARGV[6])
+local window_limit, window = tonumber(ARGV[7]), tonumber(ARGV[8])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if redis.call('EXISTS', disabled_key) == 1 then
@@ -51,15 +58,35 @@ if redis.call('ZCARD', leases_key) >= max_in_flight then
   return {'busy', tostring(math.min(interval, tonumber(first[2]) - now)), ''}
 end
 local tat = tonumber(redis.call('GET', tat_key) or '0')
-if tat < now then tat = now end
-local wait = tat - now
+if tat < now - tolerance then tat = now - tolerance end
+local slot = math.max(now, tat)
+local at = slot
+-- the guard: never more than window_limit sends, by their confirmed times, in any window before the slot;
+-- if the window is full at the slot, the slot moves to when it frees
+redis.call('ZREMRANGEBYSCORE', sent_key, '-inf', now - 2 * window)
+local recent = redis.call('ZRANGEBYSCORE', sent_key, '(' .. (at - window), '+inf', 'WITHSCORES')
+local n = #recent / 2
+if n >= window_limit then
+  at = math.max(at, tonumber(recent[2 * (n - window_limit) + 2]) + window)
+end
+local wait = at - now
 if wait > max_wait then
   return {'wait', tostring(wait - max_wait), ''}
 end
-redis.call('SET', tat_key, tostring(tat + interval), 'PX', math.ceil((tat + interval - now) * 1000) + 60000)
+-- the schedule goes on from the theoretical time (tolerance keeps a late grant's catch-up), or from the moved slot
+local base = tat
+if at > slot then base = at end
+redis.call('SET', tat_key, tostring(base + interval), 'PX', math.ceil((at + interval - now) * 1000) + 60000)
+redis.call('ZADD', sent_key, at, lease_id)
+redis.call('PEXPIRE', sent_key, math.ceil((wait + 2 * window) * 1000) + 1000)
 redis.call('ZADD', leases_key, now + wait + lease_ttl, lease_id)
 redis.call('PEXPIRE', leases_key, math.ceil((wait + lease_ttl) * 1000) + 60000)
 return {'granted', tostring(wait), lease_id}
+"""
+
+CONFIRM = """
+redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[2], ARGV[1])
+return 1
 """
 
 RELEASE = """
@@ -90,30 +117,49 @@ class Grant:
 class KeyLimiter:
     """Acquire/release against the shared state of the keys; one instance per process is enough."""
 
-    def __init__(self, r: redis.Redis, margin: float = 0.03, max_wait: float = 1.0, lease_ttl: float = 60.0):
+    def __init__(self, r: redis.Redis, margin: float = 0.03, max_wait: float = 1.0, lease_ttl: float = 60.0,
+                 tolerance: float = 0.0):
         self._redis = r
+        self.tolerance = tolerance
         self._acquire = r.register_script(ACQUIRE)
         self._release = r.register_script(RELEASE)
+        self._confirm = r.register_script(CONFIRM)
         self.margin, self.max_wait, self.lease_ttl = margin, max_wait, lease_ttl
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
 
     def interval(self, key: ApiKey) -> float:
         return max(1.0 / key.qps, 60.0 / key.rpm) * (1.0 + self.margin)
 
+    def horizon(self, key: ApiKey) -> float:
+        """How far ahead a slot may be reserved: `max_wait`, and at least the key's next slot, so a slow key
+        always has its next call waiting for it."""
+        return max(self.max_wait, 1.5 * self.interval(key))
+
     def acquire(self, key: ApiKey, max_wait: Optional[float] = None) -> Grant:
         p = prefix(key.id)
         lease = f"{self._owner}:{uuid.uuid4().hex[:12]}"
         state, wait, extra = self._acquire(
-            keys=[p + "tat", p + "leases", p + "cooldown", p + "disabled"],
-            args=[self.interval(key), self.max_wait if max_wait is None else max_wait, key.max_in_flight,
-                  self.lease_ttl, lease])
+            keys=[p + "tat", p + "leases", p + "cooldown", p + "disabled", p + "sent"],
+            args=[self.interval(key), self.horizon(key) if max_wait is None else max_wait, key.max_in_flight,
+                  self.lease_ttl, lease, self.tolerance, max(1, int(key.qps)), 1.0 + self.margin])
         state, extra = state.decode(), extra.decode()
         if state == "granted":
             return Grant(state, float(wait), lease=extra)
         return Grant(state, float(wait), reason=extra)
 
+    def confirm(self, key: ApiKey, lease: str, sent_at: float) -> None:
+        """Record when the call really went out (later than its slot if the worker was late): the window guard
+        counts real send times, so a late call pushes the next ones back instead of bunching with them."""
+        self._confirm(keys=[prefix(key.id) + "sent"], args=[lease, sent_at])
+
     def release(self, key: ApiKey, lease: str) -> None:
         self._release(keys=[prefix(key.id) + "leases"], args=[lease])
+
+    def blocked(self, key: ApiKey) -> Optional[str]:
+        """"cooling" or "disabled" if the key must not be called now, else None (a check before each send)."""
+        p = prefix(key.id)
+        disabled, cooling = self._redis.exists(p + "disabled"), self._redis.exists(p + "cooldown")
+        return "disabled" if disabled else "cooling" if cooling else None
 
     # --- key state ------------------------------------------------------------------------------------------
     def cool_down(self, key: ApiKey, seconds: float) -> None:
@@ -165,4 +211,4 @@ class KeyLimiter:
 
 def build_limiter(settings: Settings, r: redis.Redis) -> KeyLimiter:
     return KeyLimiter(r, margin=settings.limit_margin, max_wait=settings.limit_max_wait,
-                      lease_ttl=settings.llm_timeout + 10)
+                      lease_ttl=settings.lease_ttl or settings.llm_timeout + 10, tolerance=settings.limit_tolerance)

@@ -6,13 +6,17 @@ Error messages name the key by id and masked secret, never in full.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .keys import ApiKey
 
@@ -55,10 +59,47 @@ class Completion:
 _local = threading.local()
 
 
+def _sent() -> None:
+    """Called by the connection right after the request is written: tells the caller the real send time."""
+    hook = getattr(_local, "on_sent", None)
+    if hook is not None:
+        _local.on_sent = None
+        hook(time.time())
+
+
+class _TimedHTTPConnection(HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        _sent()
+
+
+class _TimedHTTPSConnection(HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        _sent()
+
+
+class _TimedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TimedHTTPConnection
+
+
+class _TimedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TimedHTTPSConnection
+
+
+class _TimedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _TimedHTTPPool, "https": _TimedHTTPSPool}
+
+
 def _session() -> requests.Session:
     """One keep-alive session per thread (requests sessions are not thread-safe)."""
     if not hasattr(_local, "session"):
-        _local.session = requests.Session()
+        session = requests.Session()
+        session.mount("http://", _TimedAdapter())
+        session.mount("https://", _TimedAdapter())
+        _local.session = session
     return _local.session
 
 
@@ -76,17 +117,40 @@ def _provider_message(resp: requests.Response) -> str:
         return resp.text[:200]
 
 
+@dataclass(frozen=True)
+class Call:
+    """A request ready to send: all the encoding is done, so a rate-limit slot is spent on the send alone."""
+
+    key: ApiKey
+    url: str
+    model: str
+    body: bytes
+
+
+def prepare(key: ApiKey, base_url: str, model: str, messages: list[dict[str, Any]]) -> Call:
+    model = key.model or model
+    body = {"model": model, "messages": messages, "temperature": 0, "response_format": {"type": "json_object"}}
+    return Call(key, (key.base_url or base_url).rstrip("/") + "/chat/completions", model,
+                json.dumps(body, separators=(",", ":")).encode())
+
+
 def chat_completion(key: ApiKey, base_url: str, model: str, messages: list[dict[str, Any]],
                     timeout: float) -> Completion:
     """POST {base_url}/chat/completions with the key's Bearer token; returns the first choice's text."""
-    url = (key.base_url or base_url).rstrip("/") + "/chat/completions"
-    model = key.model or model
-    body = {"model": model, "messages": messages, "temperature": 0, "response_format": {"type": "json_object"}}
+    return send(prepare(key, base_url, model, messages), timeout)
+
+
+def send(call: Call, timeout: float, on_sent: Optional[Callable[[float], None]] = None) -> Completion:
+    """Send a prepared call; `on_sent(t)` runs as soon as the request is on the wire, before the reply.
+    Raises the typed failures above."""
+    key, url, model = call.key, call.url, call.model
+    _local.on_sent = on_sent
     who = f"key {key.id} ({key.masked})"
     started = time.monotonic()
     try:
-        resp = _session().post(url, json=body, headers={"Authorization": f"Bearer {key.secret}"},
-                               timeout=(min(5.0, timeout), timeout))
+        resp = _session().post(url, data=call.body, timeout=(min(5.0, timeout), timeout),
+                               headers={"Authorization": f"Bearer {key.secret}",
+                                        "Content-Type": "application/json"})
     except requests.Timeout:
         raise ProviderFailed(f"LLM call with {who} timed out after {timeout:.0f}s at {url}") from None
     except requests.ConnectionError as exc:

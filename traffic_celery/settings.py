@@ -75,13 +75,19 @@ class Settings(BaseSettings):
                                  "(5xx, timeouts, bad replies) before it goes to the dead-letter store.")
     router: Literal["least_loaded", "round_robin", "weighted"] = Field(
         "least_loaded", description="How a task's API key (queue llm.<key_id>) is chosen.")
-    limit_margin: float = Field(0.03, ge=0, le=1, description="Calls are spaced this fraction wider than the "
-                                "key's limit, to absorb network jitter (0.03: 97% of the limit at most).")
-    limit_max_wait: float = Field(1.0, ge=0, le=30, description="A worker waits at most this long for its key's "
-                                  "next slot; beyond it the task is retried when the slot comes.")
+    limit_margin: float = Field(0.015, ge=0, le=1, description="Calls are spaced this fraction wider than the "
+                                "key's limit, for network jitter between a send and the provider's clock "
+                                "(0.015: 98.5% of the limit at most).")
+    limit_tolerance: float = Field(0.005, ge=0, le=1, description="Seconds a call may come early after a late one "
+                                   "(GCRA tolerance): recovers a worker's wake-up lateness; keep it under the "
+                                   "margin's seconds (margin x 1 s) so the provider never counts one call too many.")
+    limit_max_wait: float = Field(0.25, ge=0, le=30, description="A worker waits at most this long for its key's "
+                                  "next slot; beyond it the task moves to a less loaded key or comes back later.")
     cooldown_first: float = Field(10.0, gt=0, description="First cooldown of a key after a 429 without "
                                   "Retry-After, seconds; doubles on each further 429.")
     cooldown_max: float = Field(120.0, gt=0, description="Longest cooldown, seconds.")
+    lease_ttl: Optional[float] = Field(None, gt=0, description="Seconds an in-flight call holds its key's slot "
+                                       "when its worker dies mid-call; default TC_LLM_TIMEOUT + 10.")
     max_reroutes: int = Field(20, ge=1, description="Moves of one task between keys before it is dead-lettered.")
 
     # --- Processes ------------------------------------------------------------------------------------------

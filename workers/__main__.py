@@ -1,6 +1,9 @@
 """`python -m workers [celery worker options]`: a worker on every key's queue `llm.<id>` and on `results`.
 
-Extra options go to `celery worker`, for example `python -m workers -Q llm.key-1` for a worker on one key.
+Extra options go to `celery worker`; `-Q`/`--queues` replaces the default queues, for example
+`python -m workers -Q llm.key-1` for a worker on one key, or the Procfile's dedicated callback worker
+`python -m workers -Q results --pool threads`: kombu's Redis transport fetches from a worker's queues in turn, so
+under an LLM backlog callbacks on a shared worker would get one fetch in five; their own worker keeps them prompt.
 """
 
 import sys
@@ -14,8 +17,9 @@ from workers.celery_app import app
 def main(argv: list[str]) -> None:
     settings = get_settings()
     queues = ",".join([*KeyPool.from_settings(settings).queues, RESULTS_QUEUE])
-    defaults = ["worker", "-Q", queues, "--concurrency", str(settings.worker_concurrency),
-                "--loglevel", settings.log_level]
+    defaults = ["worker", "--concurrency", str(settings.worker_concurrency), "--loglevel", settings.log_level]
+    if not any(arg in ("-Q", "--queues") or arg.startswith("--queues=") for arg in argv):
+        defaults[1:1] = ["-Q", queues]
     app.worker_main(defaults + argv)
 
 

@@ -4,7 +4,8 @@ The argument is a JSON job (camera, group, image key, features, key *id*, counte
 so it never appears in the broker, the result backend or Flower. Every move is a Celery retry of the same task id
 (the linked callback travels with it), so clients see one assessment per task whatever happened on the way:
 
-- no slot on the key yet (limiter says `wait`/`busy`): retried on the same queue when the slot comes;
+- no slot on the key within `TC_LIMIT_MAX_WAIT`: moved to the key with the smallest expected wait, or retried
+  on the same queue when its slot comes if that key is the best;
 - the key is cooling down or disabled: moved at once to the queue of the key the router picks;
 - 429: the key cools down (`Retry-After`, else 10 s doubling to 120 s) and the task moves to another key at once;
 - 401/403: the key is disabled, an `error` event says so, and the task moves to another key;
@@ -66,31 +67,49 @@ def _move(task, job: dict[str, Any], away_from: ApiKey, why: str) -> Retry:
     return task.retry(args=[new_job], queue=target.queue, countdown=countdown, max_retries=None)
 
 
+def _move_or_wait(task, job: dict[str, Any], key: ApiKey, wait: float) -> Retry:
+    """The key's next slot is beyond TC_LIMIT_MAX_WAIT. Move the task to the key with the smallest expected
+    wait if that is another key; else come back when this key's slot is near. Workers fetch from every key's
+    queue in turn, so without this the slow keys' tasks would hold worker slots the fast keys need."""
+    target = router().pick()
+    if target.id != key.id:  # normal operation, not a fault: not counted against TC_MAX_REROUTES
+        raise task.retry(args=[{**job, "keyId": target.id, "moves": job.get("moves", 0) + 1}],
+                         queue=target.queue, countdown=0, max_retries=None)
+    raise task.retry(countdown=wait, max_retries=None)
+
+
 @app.task(bind=True, max_retries=None, acks_late=True)
 def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
     """Call the LLM for one group and return the assessment in the shape of the `risk_assessment` event."""
     settings = get_settings()
     task_id = self.request.id
     key = key_pool().get(job["keyId"])
-    jpeg = results.load_image(redis_client(), job["imageKey"])
-    if jpeg is None:
-        raise _give_up(task_id, job, f"crop {job['imageKey']} expired before the assessment; "
-                                     f"raise TC_IMAGE_TTL or add workers")
-
-    grant = limiter().acquire(key)
+    grant = limiter().acquire(key)  # a slot now, or reserved at most TC_LIMIT_MAX_WAIT ahead
     if grant.state in ("cooling", "disabled"):
         raise _move(self, job, key, f"key {key.id} is {grant.state}")
-    if not grant.granted:  # the key's next slot is further than TC_LIMIT_MAX_WAIT: come back for it
-        raise self.retry(countdown=grant.wait, max_retries=None)
+    if not grant.granted:  # the key is saturated: another key may have a free slot now
+        raise _move_or_wait(self, job, key, grant.wait)
+    slot_at = time.monotonic() + grant.wait
+    # Only a task with a slot pays for loading its crop and encoding the request, and it does so before the
+    # slot, so nothing but the send itself stands between the slot and the provider.
+    jpeg = results.load_image(redis_client(), job["imageKey"])
+    if jpeg is None:
+        limiter().release(key, grant.lease)
+        raise _give_up(task_id, job, f"crop {job['imageKey']} expired before the assessment; "
+                                     f"raise TC_IMAGE_TTL or add workers")
+    call = llm_client.prepare(key, settings.llm_base_url, settings.llm_model, assessment.build_messages(
+        job["groupIndex"], job["memberTrackIds"], job["features"], jpeg))
     first_call_at: Optional[float] = job.get("startedAt")
+    if slot_at > time.monotonic():
+        time.sleep(slot_at - time.monotonic())  # this call's own slot: one sleeper per slot, no herd
+    blocked = limiter().blocked(key) if grant.wait > 0 else None  # cooling started while this call waited?
+    if blocked:
+        limiter().release(key, grant.lease)
+        raise _move(self, job, key, f"key {key.id} is {blocked}")
     try:
-        if grant.wait > 0:
-            time.sleep(grant.wait)  # the slot the limiter reserved for this call
         started = time.time()
-        limiter().count(key, "calls")
-        messages = assessment.build_messages(job["groupIndex"], job["memberTrackIds"], job["features"], jpeg)
-        completion = llm_client.chat_completion(key, settings.llm_base_url, settings.llm_model, messages,
-                                                settings.llm_timeout)
+        completion = llm_client.send(call, settings.llm_timeout,
+                                     on_sent=lambda sent_at: limiter().confirm(key, grant.lease, sent_at))
         result = assessment.parse_reply(completion.text, job["groupIndex"])
     except llm_client.RateLimited as exc:
         limiter().count(key, "rate_limited")
@@ -115,6 +134,7 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
         raise self.retry(args=[{**job, "failures": failures, "startedAt": first_call_at or started}],
                          countdown=countdown, max_retries=None) from None
     finally:
+        limiter().count(key, "calls")  # after the send: nothing but the HTTP call between grant and provider
         limiter().release(key, grant.lease)
     limiter().succeeded(key)
     return {
@@ -124,5 +144,6 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
         "dangerObjectIds": result.triggerObjectIds, "llmLatency": round(completion.latency, 4),
         "llmModel": completion.model, "apiKeyId": key.id, "frameTimestamp": job["frameTimestamp"],
         "queueWait": round((first_call_at or started) - job.get("enqueuedAt", started), 4),
+        "moves": job.get("moves", 0) + job.get("reroutes", 0),
         "imageKey": job["imageKey"],
     }

@@ -37,6 +37,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--latency-jitter", type=float, default=0.0, help="plus uniform [0, J) seconds")
     parser.add_argument("--error-rate", type=float, default=0.0, help="fraction of 500 answers")
     parser.add_argument("--malformed-rate", type=float, default=0.0, help="fraction of non-JSON replies")
+    parser.add_argument("--no-retry-after", action="store_true", help="send 429s without Retry-After")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault and latency draws")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="accepted model names")
     args = parser.parse_args(argv)
@@ -55,7 +56,8 @@ def main(argv: list[str]) -> int:
         if m:
             rpm[key_id] = float(m)
     faults = Faults(error_rate=args.error_rate, malformed_rate=args.malformed_rate, latency=args.latency,
-                    latency_jitter=args.latency_jitter, seed=args.seed)
+                    latency_jitter=args.latency_jitter, seed=args.seed,
+                    retry_after=not args.no_retry_after)
     state = ProviderState({k.secret: (k.id, qps[k.id]) for k in keys}, rpm=rpm, revoked=tuple(args.revoked),
                           faults=faults, models=tuple(m for m in args.models.split(",") if m))
     server = ProviderServer((args.host, args.port), state)

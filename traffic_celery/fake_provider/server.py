@@ -5,7 +5,9 @@ and RPM limits (sliding windows of 1 s and 60 s over the requests it accepted) a
 `Retry-After`, a latency distribution, injectable faults (500s, malformed JSON, a revoked key answering 401), OpenAI-shaped errors for what the real API rejects
 (malformed JSON, no model or messages, unknown model, no image, a broken data URI, an oversized body), and a
 reply in the schema of DESIGN.md computed deterministically from the FACTS line of the prompt, so tests can
-predict it. `GET /stats` gives the counts (requests, 200s, 429s per key id); keys are never shown in full.
+predict it. `GET /stats` gives the counts (requests, 200s, 429s, the most requests seen in one sliding second
+and minute, per key id), `GET /log` every admitted/refused request (time, key id, status); keys are never shown
+in full.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import json
 import logging
 import random
 import re
+import socket
+import struct
+import sys
 import threading
 import time
 import uuid
@@ -30,6 +35,8 @@ from ..keys import mask
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 20 * 1024 * 1024
+# Kernel receive timestamps (struct timespec) on Linux; Python's socket module does not name the option.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else None)
 DEFAULT_MODELS = ("qwen-vl-plus", "qwen-vl-max", "qwen2.5-vl-72b-instruct", "gpt-4o", "gpt-4o-mini")
 DATA_URI_RE = re.compile(r"^data:image/(jpeg|jpg|png|webp);base64,(.+)$", re.DOTALL)
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF")
@@ -68,6 +75,7 @@ class Faults:
     latency: float = 0.3  # seconds, the least a reply takes
     latency_jitter: float = 0.0  # plus uniform [0, jitter)
     seed: Optional[int] = None
+    retry_after: bool = True  # send Retry-After with a 429 (some providers do not)
 
 
 class ProviderState:
@@ -84,18 +92,23 @@ class ProviderState:
         self.models = models
         self.lock = threading.Lock()
         self._rng = random.Random(self.faults.seed)
+        self.log: deque = deque(maxlen=100_000)  # (wall time, key id, status) of every authenticated request
 
     @property
     def latency(self) -> float:
         return self.faults.latency
 
-    def admit(self, secret: str) -> KeyState:
+    def admit(self, secret: str, now: Optional[float] = None) -> KeyState:
         """Count a request for the key; raise 401 for an unknown or revoked key, 429 when its QPS or RPM is
         spent (only accepted requests count toward the limits, as with real providers)."""
         state = self._keys.get(secret)
         if state is None or state.revoked:
+            if state is not None:
+                with self.lock:
+                    state.requests += 1
+                    self.log.append((time.time(), state.key_id, 401))
             raise ApiError(401, f"Incorrect API key provided: {mask(secret)}.", "invalid_api_key")
-        now = time.monotonic()
+        now = time.time() if now is None else now
         with self.lock:
             state.requests += 1
             for window, span in ((state.second, 1.0), (state.minute, 60.0)):
@@ -106,11 +119,15 @@ class ProviderState:
                 if len(window) >= limit:
                     state.rate_limited += 1
                     wait = max(0.001, span - (now - window[0]))
+                    self.log.append((now, state.key_id, 429))
+                    headers = {"Retry-After": f"{wait:.3f}", "retry-after-ms": str(int(wait * 1000))} \
+                        if self.faults.retry_after else {}
                     raise ApiError(429, f"Rate limit reached for key {state.key_id}: {limit:g} requests per "
                                         f"{unit}. Please retry after {wait:.3f}s.", "rate_limit_exceeded",
-                                   "requests", {"Retry-After": f"{wait:.3f}", "retry-after-ms": str(int(wait * 1000))})
+                                   "requests", headers)
             state.second.append(now)
             state.minute.append(now)
+            self.log.append((now, state.key_id, 200))
             state.max_in_second = max(state.max_in_second, len(state.second))
             state.max_in_minute = max(state.max_in_minute, len(state.minute))
         return state
@@ -256,6 +273,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if self.path == "/stats":
             self._send(200, self.server.state.stats())
+        elif self.path == "/log":
+            with self.server.state.lock:
+                entries = [{"t": t, "key": k, "status": st} for t, k, st in self.server.state.log]
+            self._send(200, {"requests": entries})
         elif self.path in ("/v1/models", "/models"):
             self._send(200, {"object": "list", "data": [{"id": m, "object": "model"}
                                                         for m in self.server.state.models]})
@@ -263,6 +284,30 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, {"status": "ok"})
         else:
             self._error(ApiError(404, f"Unknown path {self.path}", "not_found"))
+
+    def setup(self) -> None:
+        super().setup()
+        self._accepted: Optional[float] = self.server.accepted.pop(id(self.request), None)
+
+    def handle_one_request(self) -> None:
+        self.arrived = self._arrival()
+        super().handle_one_request()
+
+    def _arrival(self) -> float:
+        """When the next request reached this socket, by the kernel's receive timestamp of its first bytes (a
+        peek: they stay for the parser). A Python thread can start reading tens of milliseconds late on a busy
+        machine, and a provider that stamped then would count calls into the wrong second. Falls back to the
+        accept time, else to now."""
+        try:
+            data, ancillary, _flags, _addr = self.connection.recvmsg(1, 256, socket.MSG_PEEK)
+        except (OSError, AttributeError):
+            data, ancillary = b"", []
+        fallback, self._accepted = self._accepted or time.time(), None
+        for level, kind, payload in ancillary if data else []:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = struct.unpack("qq", payload[:16])
+                return sec + nsec / 1e9
+        return fallback
 
     def do_POST(self) -> None:  # noqa: N802
         try:
@@ -278,7 +323,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(401, "You didn't provide an API key (Authorization: Bearer <key>).",
                                "missing_api_key")
             state = self.server.state
-            key_state = state.admit(auth[7:].strip())
+            key_state = state.admit(auth[7:].strip(), self.arrived)
             try:
                 body = json.loads(raw)
             except (ValueError, UnicodeDecodeError):
@@ -310,6 +355,16 @@ class ProviderServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], state: ProviderState):
         super().__init__(address, Handler)
         self.state = state
+        self.accepted: dict[int, float] = {}  # id(connection socket) -> accept time
+
+    def server_bind(self) -> None:
+        if SO_TIMESTAMPNS is not None:  # accepted connections inherit kernel receive timestamps
+            self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        super().server_bind()
+
+    def process_request(self, request, client_address) -> None:
+        self.accepted[id(request)] = time.time()
+        super().process_request(request, client_address)
 
     @property
     def url(self) -> str:

@@ -96,7 +96,11 @@ function item(cls, html) {
 
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
+const seenTasks = new Set();   // an assessment is identified by its task id: show each once
+
 function addAssessment(a) {
+  if (seenTasks.has(a.taskId)) return;
+  seenTasks.add(a.taskId);
   assessments += 1;
   groupRisk.set(a.groupId, a.riskLevel);
   $("alert-count").textContent = String(assessments);
