@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ def run_system(seconds: float, frame_interval: float, video: Path) -> dict[str, 
     logs = Path(tempfile.mkdtemp(prefix="tc-bench-"))
     out = open(logs / "launcher.out", "wb")
     launcher = subprocess.Popen([sys.executable, "-m", "traffic_celery.launcher", "--processes",
-                                 "provider,worker,web", "--log-dir", str(logs)], cwd=REPO, env=env,
+                                 "provider,worker,results,web", "--log-dir", str(logs)], cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120

@@ -107,7 +107,8 @@ def handle_message(rt: Runtime, client: Client, raw: Any) -> None:
         try:
             msg = json.loads(raw)
         except (TypeError, ValueError):
-            raise ProtocolError("invalid_json", "message is not valid JSON; send {\"type\": ..., \"data\": {...}}")
+            raise ProtocolError("invalid_json",
+                                "message is not valid JSON; send {\"type\": ..., \"data\": {...}}") from None
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             raise ProtocolError("invalid_message", "message must be an object with a string 'type'")
         data = msg.get("data", {})
