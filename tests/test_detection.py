@@ -52,3 +52,29 @@ def test_unloadable_model_is_a_clear_error(tmp_path):
     bogus.write_bytes(b"not a model")
     with pytest.raises(DetectorError, match="cannot load detection model"):
         Detector(str(bogus))
+
+
+def test_tracking_and_group_ids_are_stable_on_the_sample_video(detector, sample_video):
+    from traffic_celery.grouping import GroupIds, group_detections
+    from traffic_celery.tracking import Tracker
+
+    tracker, group_ids = Tracker(), GroupIds()
+    cap = cv2.VideoCapture(str(sample_video))
+    frames_ids, frames_groups = [], []
+    for _ in range(12):  # every 3rd frame of 10 fps: the capture loop's pace at 0.3 s
+        for _ in range(3):
+            ok, frame = cap.read()
+        dets = detector.detect(frame, tracker)
+        assert len(dets) == len(detector.detect(frame))  # tracking hides nothing the detector found
+        frames_ids.append({d.track_id for d in dets if d.track_id is not None})
+        frames_groups.append({g.group_id: {m.track_id for m in g.members}
+                              for g in group_ids.assign(group_detections(dets))})
+    cap.release()
+    # people walk on: most track ids of a frame are still there in the next
+    kept = [len(a & b) / max(1, len(a)) for a, b in zip(frames_ids[1:], frames_ids[2:])]
+    assert sum(kept) / len(kept) >= 0.8, kept
+    # the parked car and the van next to it form a group whose id never changes while both are seen
+    parked = [gid for groups in frames_groups for gid, members in groups.items() if len(members) >= 2]
+    assert parked
+    most_common = max(set(parked), key=parked.count)
+    assert parked.count(most_common) >= 8, frames_groups

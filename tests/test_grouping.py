@@ -81,3 +81,24 @@ def test_group_order_is_left_to_right():
     groups = group_detections(scene)
     assert [g.group_index for g in groups] == [0, 1]
     assert [m.track_id for m in groups[0].members] == [2, 3]
+
+
+def group_of(*ids: int):
+    from traffic_celery.types import GroupFeatures, TrafficGroup
+
+    members = tuple(det(i, "person", 10 * i, 0, 10 * i + 5, 20) for i in ids)
+    return TrafficGroup("tmp", 0, members, (0, 0, 1, 1), GroupFeatures(len(ids), {"person": len(ids)}, 0.1, None))
+
+
+def test_group_ids_follow_members_not_positions():
+    from traffic_celery.grouping import GroupIds
+
+    ids = GroupIds()
+    first = [g.group_id for g in ids.assign([group_of(1, 2), group_of(7, 8, 9)])]
+    assert first == ["g1", "g2"]
+    # next frame: the order changed, one member left a group, another joined; a new group appeared
+    second = [g.group_id for g in ids.assign([group_of(20, 21), group_of(8, 9), group_of(1, 2, 3)])]
+    assert second == ["g3", "g2", "g1"]
+    # a group sharing less than half of the smaller side is a new group
+    third = [g.group_id for g in ids.assign([group_of(1, 30, 31, 32)])]
+    assert third == ["g4"]

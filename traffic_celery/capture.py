@@ -27,8 +27,9 @@ import redis
 
 from . import results
 from .detection import Detector
-from .grouping import group_detections
+from .grouping import GroupIds, group_detections
 from .settings import Settings
+from .tracking import Tracker
 from .types import FrameAnalysis, TrafficGroup
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ class CaptureLoop:
         self.frames_analysed = 0
         self.tasks_enqueued = 0
         self._last_assess = 0.0
+        self._tracker: Optional[Tracker] = None  # made in the loop's thread (imports ultralytics)
+        self._group_ids = GroupIds()
         self._thread = threading.Thread(target=self._run, name=f"capture-{camera_id}", daemon=True)
 
     def start(self) -> "CaptureLoop":
@@ -175,6 +178,7 @@ class CaptureLoop:
         try:
             source = FrameSource(self.url, self._settings.loop_files).start()
             detector = self._detector()
+            self._tracker = Tracker()
             self._status(True, f"streaming {self.url}")
             self.log.info("capture started on %s", self.url)
             seq = 0
@@ -211,10 +215,10 @@ class CaptureLoop:
         """Detect, group, publish and (when due) enqueue for one frame."""
         started = time.monotonic()
         ts = time.time()
-        detections = detector.detect(frame)
+        detections = detector.detect(frame, self._tracker)
         self.frames_analysed += 1
-        groups = group_detections(detections, self._settings.group_link_factor, self._settings.min_group_size,
-                                  id_prefix=f"f{self.frames_analysed}g")
+        groups = self._group_ids.assign(group_detections(detections, self._settings.group_link_factor,
+                                                         self._settings.min_group_size))
         analysis = FrameAnalysis(self.camera_id, ts, frame.shape[1], frame.shape[0], detections, groups)
         if groups and time.monotonic() - self._last_assess >= self._settings.assess_interval:
             self._last_assess = time.monotonic()
@@ -230,6 +234,6 @@ class CaptureLoop:
                                         self._settings.image_ttl)
         job = {"cameraId": self.camera_id, "groupId": group.group_id, "groupIndex": group.group_index,
                "imageKey": image_key, "features": group.features.to_dict(),
-               "memberTrackIds": [m.track_id for m in group.members], "frameTimestamp": ts}
+               "memberTrackIds": group.member_ids, "frameTimestamp": ts}
         self._enqueue(job)
         self.tasks_enqueued += 1

@@ -11,12 +11,15 @@ import logging
 import os
 import threading
 import time
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from .settings import REPO_ROOT, Settings
 from .types import Detection
+
+if TYPE_CHECKING:
+    from .tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +68,28 @@ class Detector:
         """Run one blank frame: the first inference builds the runtime (seconds), so no real frame pays it."""
         self.detect(np.zeros((self._imgsz, self._imgsz, 3), dtype=np.uint8))
 
-    def detect(self, frame: np.ndarray) -> list[Detection]:
-        """Objects in one BGR frame, most confident first."""
+    def detect(self, frame: np.ndarray, tracker: Optional["Tracker"] = None) -> list[Detection]:
+        """Objects in one BGR frame, most confident first. With the camera's tracker, `track_id`s are stable
+        across frames (and only confirmed tracks are returned); without it, they are indexes in the frame."""
         with self._lock:
             result = self._model.predict(frame, conf=self._conf, imgsz=self._imgsz, classes=self._class_ids,
                                          verbose=False)[0]
-        boxes = result.boxes
-        xyxy = boxes.xyxy.cpu().numpy() if len(boxes) else np.zeros((0, 4))
+        boxes = result.boxes.cpu().numpy()
+        ids: list[Optional[int]] = list(range(len(boxes)))
+        xyxy, conf, cls = list(boxes.xyxy), list(boxes.conf), list(boxes.cls)
+        if tracker is not None:
+            rows = tracker.update(boxes, frame)
+            tracked = {int(row[7]) for row in rows}
+            # confirmed tracks with their ids, then the detections the tracker has not confirmed yet: an object
+            # that just appeared next to a vehicle must not be hidden for a frame
+            untracked = [i for i in range(len(boxes)) if i not in tracked]
+            ids = [int(row[4]) for row in rows] + [None] * len(untracked)
+            xyxy = [row[:4] for row in rows] + [xyxy[i] for i in untracked]
+            conf = [row[5] for row in rows] + [conf[i] for i in untracked]
+            cls = [row[6] for row in rows] + [cls[i] for i in untracked]
         dets = [Detection(track_id=i, cls=self.names[int(c)], confidence=float(p),
                           bbox=tuple(float(v) for v in box))  # type: ignore[arg-type]
-                for i, (c, p, box) in enumerate(zip(boxes.cls.tolist(), boxes.conf.tolist(), xyxy))]
+                for i, box, p, c in zip(ids, xyxy, conf, cls)]
         return sorted(dets, key=lambda d: -d.confidence)
 
 

@@ -8,6 +8,7 @@ old system used a fixed 150 px). Groups are the connected components of that rel
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from typing import Sequence
@@ -79,3 +80,30 @@ def group_detections(detections: Sequence[Detection], link_factor: float = 1.0,
     return [TrafficGroup(group_id=f"{id_prefix}{index}", group_index=index, members=tuple(ms),
                          bbox=union_box(ms), features=group_features(ms))
             for index, ms in enumerate(member_lists)]
+
+
+class GroupIds:
+    """Gives one camera's groups ids that stay the same while their members persist (alerts then stay with
+    their group; the old system's indexes jumped between frames). A group takes the id of the previous frame's
+    group it shares the most tracked members with, if they share at least half of the smaller one; a new group
+    gets a new id `g<n>`."""
+
+    def __init__(self) -> None:
+        self._previous: dict[str, frozenset[int]] = {}
+        self._next = 1
+
+    def assign(self, groups: Sequence[TrafficGroup]) -> list[TrafficGroup]:
+        members = [frozenset(g.member_ids) for g in groups]
+        pairs = sorted(((len(m & prev), gid, i) for i, m in enumerate(members)
+                        for gid, prev in self._previous.items()
+                        if m & prev and len(m & prev) * 2 >= min(len(m), len(prev))), reverse=True)
+        ids: dict[int, str] = {}
+        taken: set[str] = set()
+        for _overlap, gid, i in pairs:  # greedy, largest overlap first: one id per group and group per id
+            if i not in ids and gid not in taken:
+                ids[i], taken = gid, taken | {gid}
+        for i in range(len(groups)):
+            if i not in ids:
+                ids[i], self._next = f"g{self._next}", self._next + 1
+        self._previous = {ids[i]: m for i, m in enumerate(members)}
+        return [dataclasses.replace(g, group_id=ids[i]) for i, g in enumerate(groups)]

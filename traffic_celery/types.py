@@ -6,7 +6,7 @@ Their `to_event` methods give the camelCase shapes of the WebSocket protocol in 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 VEHICLE_CLASSES = frozenset({"bicycle", "car", "motorcycle", "bus", "truck", "train"})
 PEDESTRIAN_CLASSES = frozenset({"person"})
@@ -18,7 +18,8 @@ BBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 class Detection:
     """One detected object in one frame."""
 
-    track_id: int  # stable across frames once tracking is on; the index within the frame otherwise
+    track_id: Optional[int]  # stable across frames with tracking (None until the track is confirmed); the index
+    # within the frame without tracking
     cls: str
     confidence: float
     bbox: BBox
@@ -72,13 +73,18 @@ class TrafficGroup:
     risk_level: str | None = None
 
     @property
+    def member_ids(self) -> list[int]:
+        """Track ids of the members that have one (unconfirmed tracks have none yet)."""
+        return [m.track_id for m in self.members if m.track_id is not None]
+
+    @property
     def classes(self) -> list[str]:
         return sorted({m.cls for m in self.members})
 
     def to_event(self) -> dict[str, Any]:
         return {"groupId": self.group_id, "groupIndex": self.group_index, "objectCount": len(self.members),
                 "bbox": [round(v, 1) for v in self.bbox], "classes": self.classes,
-                "memberTrackIds": [m.track_id for m in self.members], "riskLevel": self.risk_level}
+                "memberTrackIds": self.member_ids, "riskLevel": self.risk_level}
 
 
 @dataclass

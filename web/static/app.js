@@ -64,14 +64,15 @@ function drawDetections(d) {
       ctx.setLineDash([6, 4]); ctx.lineWidth = 3; ctx.strokeStyle = COLORS[level];
       ctx.strokeRect(x1 - 6, y1 - 6, x2 - x1 + 12, y2 - y1 + 12);
       ctx.setLineDash([]); ctx.fillStyle = COLORS[level]; ctx.font = "bold 13px sans-serif";
-      ctx.fillText(`group ${g.groupIndex} (${g.objectCount})`, x1 - 6, y1 - 10);
+      ctx.fillText(`${g.groupId} (${g.objectCount})`, x1 - 6, y1 - 10);
     }
     for (const o of d.detectedObjects) {
       const [x1, y1, x2, y2] = o.bbox;
       ctx.lineWidth = 2; ctx.strokeStyle = o.class === "person" ? "#29b6f6" : "#ffeb3b";
       ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
       ctx.fillStyle = ctx.strokeStyle; ctx.font = "11px sans-serif";
-      ctx.fillText(`${o.class} ${(o.confidence * 100).toFixed(0)}%`, x1, y2 + 11);
+      const id = o.trackId === null || o.trackId === undefined ? "" : ` #${o.trackId}`;
+      ctx.fillText(`${o.class}${id} ${(o.confidence * 100).toFixed(0)}%`, x1, y2 + 11);
     }
     canvas.dataset.boxes = String(d.detectedObjects.length);   // for tests and curious operators
   };
@@ -105,7 +106,7 @@ function addAssessment(a) {
   groupRisk.set(a.groupId, a.riskLevel);
   $("alert-count").textContent = String(assessments);
   const delay = a.frameTimestamp ? ((Date.now() / 1000 - a.frameTimestamp)).toFixed(1) : "?";
-  item(a.riskLevel, `<span class="level">${esc(a.riskLevel)}</span> camera ${esc(a.cameraId)} · group ${esc(a.groupIndex)}
+  item(a.riskLevel, `<span class="level">${esc(a.riskLevel)}</span> camera ${esc(a.cameraId)} · group ${esc(a.groupId)}
     <div>${esc(a.description)}</div>
     <div class="meta">${esc((a.riskTypes || []).join(", ") || "—")} · conf ${(a.confidence * 100).toFixed(0)}% ·
       ${esc(a.llmModel)} via ${esc(a.apiKeyId)} · LLM ${(a.llmLatency * 1000).toFixed(0)} ms · ${delay} s after the frame ·
