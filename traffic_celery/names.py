@@ -30,7 +30,3 @@ def events_channel(camera_id: str) -> str:
 def camera_from_channel(channel: str) -> str:
     """`tc:camera:<id>:events` -> `<id>`."""
     return channel.split(":", 2)[2].rsplit(":", 1)[0]
-
-
-def llm_queue(key_id: str) -> str:
-    return f"llm.{key_id}"
