@@ -158,7 +158,7 @@ class KeyLimiter:
     def blocked(self, key: ApiKey) -> Optional[str]:
         """"cooling" or "disabled" if the key must not be called now, else None (a check before each send)."""
         p = prefix(key.id)
-        disabled, cooling = self._redis.exists(p + "disabled"), self._redis.exists(p + "cooldown")
+        disabled, cooling = self._redis.pipeline().exists(p + "disabled").exists(p + "cooldown").execute()
         return "disabled" if disabled else "cooling" if cooling else None
 
     # --- key state ------------------------------------------------------------------------------------------

@@ -50,6 +50,12 @@ def _backoff(failures: int) -> float:
     return min(60.0, 2.0 ** failures) * random.uniform(0.5, 1.0)
 
 
+def _retry_on(task, job: dict[str, Any], key: ApiKey, countdown: float, counter: str) -> Retry:
+    """Retry the task on `key`'s queue: the same task id and linked callback, the move counted in `counter`."""
+    new_job = {**job, "keyId": key.id, counter: job.get(counter, 0) + 1}
+    return task.retry(args=[new_job], queue=key.queue, countdown=countdown, max_retries=None)
+
+
 def _move(task, job: dict[str, Any], away_from: ApiKey, why: str) -> Retry:
     """Retry the task at once on another key's queue (the same key only if it is the only usable one)."""
     if job.get("reroutes", 0) >= get_settings().max_reroutes:
@@ -63,8 +69,7 @@ def _move(task, job: dict[str, Any], away_from: ApiKey, why: str) -> Retry:
     if target.id == away_from.id:  # nowhere else to go: wait for this key
         countdown = max(0.05, limiter().state(target)["cooldownLeft"])  # type: ignore[arg-type]
     logger.info("task %s: %s; moving from key %s to %s", task.request.id, why, away_from.id, target.id)
-    new_job = {**job, "keyId": target.id, "reroutes": job.get("reroutes", 0) + 1}
-    return task.retry(args=[new_job], queue=target.queue, countdown=countdown, max_retries=None)
+    return _retry_on(task, job, target, countdown, "reroutes")
 
 
 def _move_or_wait(task, job: dict[str, Any], key: ApiKey, wait: float) -> Retry:
@@ -73,8 +78,7 @@ def _move_or_wait(task, job: dict[str, Any], key: ApiKey, wait: float) -> Retry:
     queue in turn, so without this the slow keys' tasks would hold worker slots the fast keys need."""
     target = router().pick()
     if target.id != key.id:  # normal operation, not a fault: not counted against TC_MAX_REROUTES
-        raise task.retry(args=[{**job, "keyId": target.id, "moves": job.get("moves", 0) + 1}],
-                         queue=target.queue, countdown=0, max_retries=None)
+        raise _retry_on(task, job, target, 0.0, "moves")
     raise task.retry(countdown=wait, max_retries=None)
 
 
