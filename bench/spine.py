@@ -43,7 +43,7 @@ def run_system(seconds: float, frame_interval: float, video: Path) -> dict[str, 
     web_port, provider_port = free_port(), free_port()
     env = {**os.environ, "TC_WEB_PORT": str(web_port), "TC_PROVIDER_PORT": str(provider_port),
            "TC_LLM_BASE_URL": f"http://127.0.0.1:{provider_port}/v1", "TC_FRAME_INTERVAL": str(frame_interval),
-           "TC_ASSESS_INTERVAL": "1.0", "TC_PROVIDER_LATENCY": "0.3", "YOLO_OFFLINE": "1"}
+           "TC_REASSESS_INTERVAL": "1.0", "TC_ASSESS_MIN_INTERVAL": "1.0", "TC_PROVIDER_LATENCY": "0.3", "YOLO_OFFLINE": "1"}
     logs = Path(tempfile.mkdtemp(prefix="tc-bench-"))
     out = open(logs / "launcher.out", "wb")
     launcher = subprocess.Popen([sys.executable, "-m", "traffic_celery.launcher", "--processes",

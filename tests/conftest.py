@@ -94,6 +94,24 @@ def redis_client(redis_server) -> redis.Redis:
     return redis.Redis.from_url(redis_server.url, socket_timeout=5)
 
 
+@pytest.fixture(autouse=True)
+def empty_camera_registry(redis_server) -> Iterator[None]:
+    """The registry outlives processes by design; each test starts and ends with no camera registered."""
+    from traffic_celery.registry import CameraRegistry
+
+    r = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    registry = CameraRegistry(r)
+
+    def clear() -> None:
+        for camera_id in registry.all():
+            registry.remove(camera_id)
+            registry.forget_status(camera_id)
+
+    clear()
+    yield
+    clear()
+
+
 @pytest.fixture(scope="session")
 def base_env(redis_server, tmp_path_factory) -> dict[str, str]:
     """The environment of every child process: the test Redis, test keys, offline ultralytics."""
@@ -102,7 +120,13 @@ def base_env(redis_server, tmp_path_factory) -> dict[str, str]:
         "TC_REDIS_URL": redis_server.url,
         "TC_LLM_API_KEYS": TEST_KEYS,
         "TC_FRAME_INTERVAL": "0.3",
-        "TC_ASSESS_INTERVAL": "1.0",
+        "TC_ASSESS_MIN_INTERVAL": "1.0",
+        "TC_RECONNECT_INITIAL": "0.3",
+        "TC_RECONNECT_MAX": "2",
+        "TC_SOURCE_OPEN_TIMEOUT": "3",
+        "TC_SOURCE_READ_TIMEOUT": "3",
+        "TC_CAPTURE_HEARTBEAT": "0.5",
+        "TC_CAPTURE_LEASE_TTL": "3",
         "TC_WORKER_CONCURRENCY": "2",
         "PYTHONPATH": str(REPO_ROOT),
         "PYTHONUNBUFFERED": "1",

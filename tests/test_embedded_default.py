@@ -27,7 +27,7 @@ def launcher(tmp_path, sample_video):
         "TC_REDIS_PROBE_URL": f"redis://127.0.0.1:{closed_port}/0",
         "TC_WEB_PORT": str(free_port()), "TC_PROVIDER_PORT": str(provider_port),
         "TC_LLM_BASE_URL": f"http://127.0.0.1:{provider_port}/v1", "TC_LLM_API_KEYS": TEST_KEYS,
-        "TC_FRAME_INTERVAL": "0.3", "TC_ASSESS_INTERVAL": "1.0", "TC_WORKER_CONCURRENCY": "2",
+        "TC_FRAME_INTERVAL": "0.3", "TC_WORKER_CONCURRENCY": "2",
         "TC_PROVIDER_LATENCY": "0.05", "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(tmp_path / "yolo"),
     })
     out = tmp_path / "launcher.out"

@@ -16,7 +16,8 @@ def test_sample_video_yields_detections_and_assessments(web, ws_factory, sample_
     client.send("start_stream", {"cameraId": 101, "rtspUrl": str(sample_video)})
     try:
         status = client.wait(lambda m: m["type"] == "camera_status", 60, "camera_status")
-        assert status["data"] == {"cameraId": "101", "status": 1, "message": f"streaming {sample_video}"}
+        assert status["data"] == {"cameraId": "101", "status": 1, "state": "online",
+                                  "message": f"streaming {sample_video}"}
 
         # Real detections: the sample video shows pedestrians and a parked car.
         classes: set[str] = set()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from traffic_celery.grouping import box_gap, group_detections, relative_gap
+from traffic_celery.geometry import box_gap
+from traffic_celery.grouping import group_detections, relative_gap
 from traffic_celery.types import Detection
 
 

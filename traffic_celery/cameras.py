@@ -1,58 +1,180 @@
-"""The cameras running in this process: one capture loop per camera id, whatever the number of viewers."""
+"""A capture node: runs the capture loops of the cameras it holds in the registry, one loop per camera in the
+whole deployment, however many viewers or web processes there are.
+
+Every node (the web process by default, and any `python -m workers.capture` process on any machine) runs a
+supervisor thread that, every `capture_heartbeat` seconds and at once when the registry changes
+(`tc:cameras:control`):
+
+1. stops the loops of cameras that left the registry or changed source, and lets go of cameras whose source is
+   over for good (a file that ended, a URL that never opened: they leave the registry);
+2. renews its leases (`tc:camera:<id>:owner`, TTL `capture_lease_ttl`); a camera whose lease another node holds
+   is stopped here;
+3. claims cameras nobody holds (a new camera, or one whose node died and let its lease expire), up to
+   `capture_max_cameras`, and starts their loops.
+
+A loop that failed in this process (not its source: the model, say) is let go and may be claimed again after
+`RETRY_FAILED_AFTER` seconds, here or on another node. During a Redis outage the loops keep running; the leases
+are taken again (or found lost) when Redis answers.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
-from typing import Callable
+import time
+import uuid
+from typing import Any, Callable, Optional
 
 import redis
 
-from . import results
+from . import names
 from .capture import CaptureLoop, Enqueue
 from .detection import Detector
+from .redis_conn import listen
+from .registry import CameraConfig, CameraRegistry
 from .settings import Settings
+from .sources import configure_ffmpeg
 
 logger = logging.getLogger(__name__)
 
+RETRY_FAILED_AFTER = 10.0
 
-class CameraManager:
-    def __init__(self, settings: Settings, r: redis.Redis, detector: Callable[[], Detector], enqueue: Enqueue):
+
+def make_node_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
+
+
+class CaptureNode:
+    def __init__(self, settings: Settings, r: redis.Redis, detector: Callable[[], Detector], enqueue: Enqueue,
+                 node_id: Optional[str] = None):
         self._settings, self._redis, self._detector, self._enqueue = settings, r, detector, enqueue
+        self.node_id = node_id or make_node_id()
+        self.registry = CameraRegistry(r)
         self._loops: dict[str, CaptureLoop] = {}
+        self._retry_at: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.ticked = threading.Event()  # set after each completed round (tests and start-up wait on it)
+        self._threads = [threading.Thread(target=self._supervise, name="capture-node", daemon=True),
+                         threading.Thread(target=self._listen, name="capture-node-control", daemon=True)]
+        self._redis_down_logged = False
+        configure_ffmpeg(settings.rtsp_transport)
 
-    def start(self, camera_id: str, url: str) -> bool:
-        """Start the camera's loop; False if it already runs on that URL (a second viewer just subscribes)."""
-        with self._lock:
-            loop = self._loops.get(camera_id)
-            if loop is not None and not loop.done.is_set():
-                if loop.url == url:
-                    return False
-                loop.stop()
-            self._loops[camera_id] = CaptureLoop(camera_id, url, self._settings, self._redis, self._detector,
-                                                 self._enqueue).start()
-            return True
+    def start(self) -> "CaptureNode":
+        for thread in self._threads:
+            thread.start()
+        logger.info("capture node %s started (at most %d cameras)", self.node_id, self._settings.capture_max_cameras)
+        return self
 
-    def stop(self, camera_id: str, reason: str = "stopped by an operator") -> bool:
-        """Stop the camera's loop; False if it was not running."""
-        with self._lock:
-            loop = self._loops.pop(camera_id, None)
-        if loop is None:
-            return False
-        loop.stop()
-        results.publish(self._redis, camera_id, "stream_stopped", {"cameraId": camera_id, "reason": reason})
-        return True
+    def poke(self) -> None:
+        """Run a round now (the registry changed)."""
+        self._wake.set()
 
-    def cameras(self) -> dict[str, dict[str, object]]:
+    def loops(self) -> dict[str, CaptureLoop]:
         with self._lock:
-            return {cid: {"cameraId": cid, "url": loop.url, "running": not loop.done.is_set(),
-                          "framesAnalysed": loop.frames_analysed, "tasksEnqueued": loop.tasks_enqueued}
-                    for cid, loop in self._loops.items()}
+            return dict(self._loops)
 
-    def stop_all(self) -> None:
+    # --- threads --------------------------------------------------------------------------------------------
+    def _listen(self) -> None:
+        listen(self._settings, self._stop, lambda channel, data: self.poke(), channels=[names.CAMERAS_CONTROL],
+               on_ready=self.poke, name=f"capture node {self.node_id}")
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.tick()
+                self._redis_down_logged = False
+            except redis.RedisError as exc:
+                if not self._redis_down_logged:
+                    logger.warning("capture node %s cannot reach Redis (%s); its cameras keep running and it "
+                                   "retries every %.1fs", self.node_id, exc, self._settings.capture_heartbeat)
+                    self._redis_down_logged = True
+            except Exception:
+                logger.exception("capture node %s: supervisor round failed", self.node_id)
+            self._wake.wait(self._settings.capture_heartbeat)
+
+    # --- one round ------------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        configs = self.registry.all()
+        now = time.monotonic()
         with self._lock:
-            loops, self._loops = list(self._loops.values()), {}
-        for loop in loops:
+            for cid, loop in list(self._loops.items()):
+                config = configs.get(cid)
+                if config is None:
+                    self._let_go(cid, "removed from the registry")
+                    self.registry.forget_status(cid)
+                elif not config.same_source(loop.config):
+                    self._let_go(cid, "its source changed", release=False)
+                elif loop.done.is_set():
+                    self._let_go(cid, loop.ended or loop.failed or "its loop ended")
+                    if loop.ended is not None:
+                        self.registry.remove_if(loop.config)
+                    else:
+                        self._retry_at[cid] = now + RETRY_FAILED_AFTER
+            for cid, held in self.registry.renew(list(self._loops), self.node_id,
+                                                 self._settings.capture_lease_ttl).items():
+                if not held:
+                    self._let_go(cid, "another capture node holds it", release=False)
+            for cid, config in sorted(configs.items()):
+                if cid in self._loops or self._retry_at.get(cid, 0.0) > now:
+                    continue
+                if len(self._loops) >= self._settings.capture_max_cameras:
+                    break
+                if self.registry.claim(cid, self.node_id, self._settings.capture_lease_ttl):
+                    self._start_loop(config)
+            self._retry_at = {cid: t for cid, t in self._retry_at.items() if t > now and cid in configs}
+            counters = {cid: self._counters(loop) for cid, loop in self._loops.items()}
+        self.registry.set_counters(counters)
+        self.ticked.set()
+
+    @staticmethod
+    def _counters(loop: CaptureLoop) -> dict[str, Any]:
+        return {"framesAnalysed": loop.frames_analysed, "tasksEnqueued": loop.tasks_enqueued,
+                "reconnects": loop.source.reconnects if loop.source else 0}
+
+    def _start_loop(self, config: CameraConfig) -> None:
+        cid = config.camera_id
+
+        def report(state: str, message: str) -> None:
+            self.registry.set_status(cid, state, message, self.node_id)
+
+        loop = CaptureLoop(config, self._settings, self._redis, self._detector, self._enqueue, report=report,
+                           on_online=lambda: self.registry.mark_verified(config))
+        self._loops[cid] = loop.start()
+        logger.info("capture node %s runs camera %s (%s)", self.node_id, cid, config.url)
+
+    def _let_go(self, camera_id: str, why: str, release: bool = True) -> None:
+        loop = self._loops.pop(camera_id)
+        loop.stop_async()
+        if release:
+            self.registry.release(camera_id, self.node_id)
+        logger.info("capture node %s let camera %s go: %s", self.node_id, camera_id, why)
+
+    def stop(self) -> None:
+        """Stop every loop and hand the cameras over (leases released, other nodes told); the registry stays."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        with self._lock:
+            loops, self._loops = dict(self._loops), {}
+        for loop in loops.values():
+            loop.stop_async()
+        for cid, loop in loops.items():
             loop.stop()
-        logger.info("stopped %d capture loops", len(loops))
+            try:
+                self.registry.release(cid, self.node_id)
+                self.registry.set_status(cid, "reconnecting", f"camera {cid}: capture node {self.node_id} "
+                                         "stopped; the next capture node to start takes it over", self.node_id)
+            except redis.RedisError as exc:
+                logger.warning("could not hand camera %s over (%s); its lease expires by itself", cid, exc)
+        if loops:
+            try:
+                self.registry.notify()
+            except redis.RedisError:
+                pass
+        logger.info("capture node %s stopped %d capture loops", self.node_id, len(loops))

@@ -11,22 +11,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from typing import Sequence
+from typing import Optional, Sequence
 
+from .geometry import relative_box_gap
+from .motion import Motion
 from .types import BBox, Detection, GroupFeatures, TrafficGroup
-
-
-def box_gap(a: BBox, b: BBox) -> float:
-    """Euclidean gap between two axis-aligned boxes in pixels; 0 when they touch or overlap."""
-    dx = max(0.0, max(a[0], b[0]) - min(a[2], b[2]))
-    dy = max(0.0, max(a[1], b[1]) - min(a[3], b[3]))
-    return math.hypot(dx, dy)
 
 
 def relative_gap(a: Detection, b: Detection) -> float:
     """Gap between two objects in heights of the smaller one."""
-    scale = max(min(a.height, b.height), 1e-6)
-    return box_gap(a.bbox, b.bbox) / scale
+    return relative_box_gap(a.bbox, b.bbox)
 
 
 def _components(n: int, linked: Sequence[tuple[int, int]]) -> list[list[int]]:
@@ -46,21 +40,33 @@ def _components(n: int, linked: Sequence[tuple[int, int]]) -> list[list[int]]:
     return list(comps.values())
 
 
-def group_features(members: Sequence[Detection]) -> GroupFeatures:
-    """Counts and the smallest gaps inside a group, relative to object height."""
+def group_features(members: Sequence[Detection], motion: Optional[Motion] = None,
+                   ts: float = 0.0) -> GroupFeatures:
+    """Counts, the smallest gaps inside a group (relative to object height) and, with the camera's track
+    history, the fastest approach and the shortest time-to-contact of a pair that includes a vehicle."""
     min_gap = math.inf
     ped_veh = math.inf
+    speed: Optional[float] = None
+    ttc: Optional[float] = None
     for i, a in enumerate(members):
         for b in members[i + 1:]:
             gap = relative_gap(a, b)
             min_gap = min(min_gap, gap)
             if (a.is_pedestrian and b.is_vehicle) or (a.is_vehicle and b.is_pedestrian):
                 ped_veh = min(ped_veh, gap)
+            if motion is not None and (a.is_vehicle or b.is_vehicle):
+                moving = motion.approach(a, b, ts)
+                if moving is not None:
+                    speed = moving[0] if speed is None else max(speed, moving[0])
+                    if moving[1] is not None:
+                        ttc = moving[1] if ttc is None else min(ttc, moving[1])
     return GroupFeatures(
         object_count=len(members),
         class_counts=dict(sorted(Counter(m.cls for m in members).items())),
         min_gap=0.0 if min_gap is math.inf else min_gap,
         pedestrian_vehicle_gap=None if ped_veh is math.inf else ped_veh,
+        approach_speed=speed,
+        time_to_contact=ttc,
     )
 
 
@@ -70,15 +76,17 @@ def union_box(members: Sequence[Detection]) -> BBox:
 
 
 def group_detections(detections: Sequence[Detection], link_factor: float = 1.0,
-                     min_size: int = 2, id_prefix: str = "g") -> list[TrafficGroup]:
-    """Traffic groups of one frame, ordered left to right (so `groupIndex` is reproducible for a scene)."""
+                     min_size: int = 2, id_prefix: str = "g", motion: Optional[Motion] = None,
+                     ts: float = 0.0) -> list[TrafficGroup]:
+    """Traffic groups of one frame, ordered left to right (so `groupIndex` is reproducible for a scene). With
+    the camera's `motion` (and the frame's time `ts`) the features include approach speed and time-to-contact."""
     linked = [(i, j) for i in range(len(detections)) for j in range(i + 1, len(detections))
               if relative_gap(detections[i], detections[j]) <= link_factor]
     comps = [c for c in _components(len(detections), linked) if len(c) >= min_size]
     member_lists = [[detections[i] for i in sorted(c, key=lambda k: detections[k].bbox[0])] for c in comps]
     member_lists.sort(key=lambda ms: (union_box(ms)[0], union_box(ms)[1]))
     return [TrafficGroup(group_id=f"{id_prefix}{index}", group_index=index, members=tuple(ms),
-                         bbox=union_box(ms), features=group_features(ms))
+                         bbox=union_box(ms), features=group_features(ms, motion, ts))
             for index, ms in enumerate(member_lists)]
 
 

@@ -9,6 +9,9 @@ EVENTS_PATTERN = "tc:camera:*:events"
 DLQ = "tc:dlq"
 RESULTS_QUEUE = "results"
 ROUTER_COUNTER = "tc:router:rr"
+CAMERAS = "tc:cameras"  # hash: camera id -> JSON CameraConfig (the camera registry)
+CAMERAS_CONTROL = "tc:cameras:control"  # pub/sub: "the registry changed", so capture nodes act at once
+ASSESS_STATS = "tc:stats:assess"  # hash: LLM calls made per reason, and saved, by the assessment scheduler
 
 
 def image_key(image_id: str) -> str:
@@ -30,3 +33,12 @@ def events_channel(camera_id: str) -> str:
 def camera_from_channel(channel: str) -> str:
     """`tc:camera:<id>:events` -> `<id>`."""
     return channel.split(":", 2)[2].rsplit(":", 1)[0]
+
+
+def owner_key(camera_id: str) -> str:
+    """The lease of the capture node that runs the camera (value: node id; expires unless renewed)."""
+    return f"tc:camera:{camera_id}:owner"
+
+
+def status_key(camera_id: str) -> str:
+    return f"tc:camera:{camera_id}:status"

@@ -57,12 +57,43 @@ class Settings(BaseSettings):
         1.0, gt=0, le=10, description="Two objects are in one group when the gap between their boxes is at most "
         "this many times the smaller object's height (so grouping does not depend on resolution).")
     min_group_size: int = Field(2, ge=1, le=50, description="Objects needed to form a traffic group.")
-    assess_interval: float = Field(
-        3.0, ge=0, description="Seconds between two rounds of assessment tasks for one camera.")
+    reassess_interval: float = Field(
+        30.0, gt=0, description="A group whose members and features stay the same is assessed again after this "
+        "many seconds (it is assessed at once when it appears, when its members change or when it worsens).")
+    assess_min_interval: float = Field(
+        2.0, ge=0, description="Seconds between two assessments of one group, whatever changes (debounces "
+        "tracks that flicker); a new group is assessed at once.")
+    assess_worsen_ratio: float = Field(
+        0.3, gt=0, lt=1, description="A group is assessed again when a gap or its time-to-contact shrinks by "
+        "this fraction since its last assessment.")
+    assess_ttc_horizon: float = Field(
+        5.0, gt=0, le=120, description="A group whose time-to-contact falls under this many seconds counts as "
+        "worse (assessed again).")
+    motion_window: float = Field(
+        1.0, gt=0, le=10, description="Seconds of track history over which approach speed is measured.")
     image_ttl: int = Field(600, ge=10, description="Seconds a group crop stays in Redis (tc:img:<id>).")
     frame_jpeg_quality: int = Field(70, ge=10, le=100, description="JPEG quality of frames sent to viewers.")
     media_dir: Path = Field(DEFAULT_MEDIA_DIR, description="Folder of the sample video and other local media.")
     loop_files: bool = Field(True, description="Restart a file source at its end (demo).")
+    file_pace: Literal["realtime", "fast"] = Field(
+        "realtime", description="A file plays at its own frame rate, or as fast as frames are analysed (every "
+        "frame, none skipped: for benchmarks and replays).")
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport (FFmpeg's rtsp_transport).")
+    source_open_timeout: float = Field(10.0, gt=0, le=300, description="Seconds to open a stream.")
+    source_read_timeout: float = Field(10.0, gt=0, le=300, description="Seconds without a frame before a "
+                                       "stream counts as lost (a stall that does not close the connection).")
+    reconnect_initial: float = Field(1.0, gt=0, le=600, description="First delay before reconnecting a lost "
+                                     "stream, seconds; doubles on each failure, with jitter.")
+    reconnect_max: float = Field(30.0, gt=0, le=3600, description="Longest delay between reconnect attempts; "
+                                 "once reached the camera is reported offline (and still retried).")
+    probe_timeout: float = Field(10.0, gt=0, le=120, description="Seconds check_camera waits for a frame.")
+    capture_in_web: bool = Field(True, description="The web process runs capture loops (one node among the "
+                                 "capture nodes); false: only `python -m workers.capture` nodes do.")
+    capture_lease_ttl: float = Field(5.0, gt=0.5, le=300, description="Seconds a capture node holds a camera "
+                                     "without renewing it; a dead node's cameras restart elsewhere after this.")
+    capture_heartbeat: float = Field(1.0, gt=0.05, le=60, description="Seconds between a node's lease renewals "
+                                     "and registry checks; keep it well under capture_lease_ttl.")
+    capture_max_cameras: int = Field(16, ge=1, le=1000, description="Cameras one capture node runs at most.")
 
     # --- LLM ------------------------------------------------------------------------------------------------
     llm_keys_file: Optional[Path] = Field(None, description="YAML file of API keys (see config/keys.example.yaml).")

@@ -53,12 +53,16 @@ class GroupFeatures:
     class_counts: dict[str, int]
     min_gap: float  # smallest gap between two members, in heights of the smaller one (0 = touching/overlapping)
     pedestrian_vehicle_gap: float | None  # same, only between a pedestrian and a vehicle; None without such pair
+    approach_speed: float | None = None  # fastest closing speed of a pair with a vehicle, heights/s (<0: apart)
+    time_to_contact: float | None = None  # shortest gap / closing speed of such a pair, seconds; None: none closing
 
     def to_dict(self) -> dict[str, Any]:
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 3)
+
         return {"objectCount": self.object_count, "classCounts": dict(self.class_counts),
-                "minGap": round(self.min_gap, 3),
-                "pedestrianVehicleGap": None if self.pedestrian_vehicle_gap is None
-                else round(self.pedestrian_vehicle_gap, 3)}
+                "minGap": round(self.min_gap, 3), "pedestrianVehicleGap": rounded(self.pedestrian_vehicle_gap),
+                "approachSpeed": rounded(self.approach_speed), "timeToContact": rounded(self.time_to_contact)}
 
 
 @dataclass(frozen=True)

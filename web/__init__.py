@@ -8,13 +8,14 @@ from typing import Optional
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
-from traffic_celery.cameras import CameraManager
+from traffic_celery.cameras import CaptureNode
 from traffic_celery.detection import shared_detector
 from traffic_celery.dispatch import Dispatcher
 from traffic_celery.keys import KeyPool
 from traffic_celery.metrics import KeyPoolCollector
 from traffic_celery.router import build_router
 from traffic_celery.redis_conn import connect
+from traffic_celery.registry import CameraRegistry
 from traffic_celery.settings import Settings, get_settings
 
 from .hub import EventHub
@@ -25,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Optional[Settings] = None) -> Flask:
-    """Build the app. Capture loops started through it run in this process (threads)."""
+    """Build the app. Unless `capture_in_web` is off, this process is also a capture node: it starts the
+    registered cameras it can claim (threads), including those of a web tier that ran before it."""
     settings = settings or get_settings()
     from workers.celery_app import make_app  # a producer: tasks are sent by name, never imported
 
@@ -37,9 +39,13 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     router = build_router(settings, r, pool)
     registry = CollectorRegistry()
     registry.register(KeyPoolCollector(pool, router.limiter, router))
-    cameras = CameraManager(settings, r, lambda: shared_detector(settings), Dispatcher(make_app(settings), router))
-    app.extensions[EXTENSION] = Runtime(settings=settings, redis=r, hub=EventHub(settings), cameras=cameras,
-                                        keys=pool, router=router, registry=registry)
+    node = None
+    if settings.capture_in_web:
+        node = CaptureNode(settings, r, lambda: shared_detector(settings),
+                           Dispatcher(make_app(settings), router)).start()
+    app.extensions[EXTENSION] = Runtime(settings=settings, redis=r, hub=EventHub(settings),
+                                        cameras=CameraRegistry(r), node=node, keys=pool, router=router,
+                                        metrics=registry)
 
     from . import routes, ws
 

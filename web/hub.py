@@ -13,10 +13,8 @@ import queue
 import threading
 from typing import Any, Optional
 
-import redis
-
 from traffic_celery import names
-from traffic_celery.redis_conn import connect_pubsub
+from traffic_celery.redis_conn import listen
 from traffic_celery.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -124,30 +122,10 @@ class EventHub:
                 client.send(message)
 
     def _listen(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            pubsub = None
-            try:
-                pubsub = connect_pubsub(self._settings).pubsub(ignore_subscribe_messages=True)
-                pubsub.psubscribe(names.EVENTS_PATTERN)
-                self.ready.set()
-                backoff = 0.5
-                while not self._stop.is_set():
-                    msg = pubsub.get_message(timeout=1.0)
-                    if msg and msg["type"] == "pmessage":
-                        channel = msg["channel"].decode()
-                        self.deliver(names.camera_from_channel(channel), msg["data"].decode())
-            except (redis.RedisError, OSError) as exc:
-                self.ready.clear()
-                logger.warning("event relay lost Redis (%s); reconnecting in %.1fs", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-            finally:
-                if pubsub is not None:
-                    try:
-                        pubsub.close()
-                    except (redis.RedisError, OSError):
-                        pass
+        listen(self._settings, self._stop,
+               lambda channel, data: self.deliver(names.camera_from_channel(channel), data.decode()),
+               patterns=[names.EVENTS_PATTERN], on_ready=self.ready.set, on_lost=self.ready.clear,
+               name="event relay")
 
     def stop(self) -> None:
         self._stop.set()

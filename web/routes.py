@@ -22,13 +22,16 @@ def index():
 @bp.get("/api/health")
 def health():
     rt = runtime(current_app)
+    cameras_registered = None
     try:
         redis_ok = bool(rt.redis.ping())
+        cameras_registered = len(rt.cameras.all())
         error = None
     except redis.RedisError as exc:
         redis_ok, error = False, f"Redis unreachable ({exc}); check TC_REDIS_URL"
     body = {"status": "ok" if redis_ok else "degraded", "redis": redis_ok, "eventRelay": rt.hub.ready.is_set(),
-            "cameras": len(rt.cameras.cameras()), "websocketClients": rt.hub.client_count}
+            "cameras": cameras_registered, "captureNode": rt.node.node_id if rt.node else None,
+            "capturing": sorted(rt.node.loops()) if rt.node else [], "websocketClients": rt.hub.client_count}
     if error:
         body["error"] = error
     return jsonify(body), 200 if redis_ok else 503
@@ -36,7 +39,11 @@ def health():
 
 @bp.get("/api/cameras")
 def cameras():
-    return jsonify(list(runtime(current_app).cameras.cameras().values()))
+    rt = runtime(current_app)
+    try:
+        return jsonify(rt.cameras.describe())
+    except redis.RedisError as exc:
+        return jsonify(error=f"Redis unreachable ({exc}); check TC_REDIS_URL"), 503
 
 
 @bp.get("/api/cameras/<camera_id>/latest")
@@ -60,4 +67,4 @@ def keys():
 
 @bp.get("/metrics")
 def metrics():
-    return Response(generate_latest(runtime(current_app).registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(runtime(current_app).metrics), mimetype=CONTENT_TYPE_LATEST)

@@ -1,15 +1,18 @@
-"""What one web process shares between requests: settings, Redis, the event hub and the cameras it runs."""
+"""What one web process shares between requests: settings, Redis, the event hub, the camera registry and, unless
+`TC_CAPTURE_IN_WEB=false`, the capture node that runs camera loops in this process."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import redis
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
-from traffic_celery.cameras import CameraManager
+from traffic_celery.cameras import CaptureNode
 from traffic_celery.keys import KeyPool
+from traffic_celery.registry import CameraRegistry
 from traffic_celery.router import Router
 from traffic_celery.settings import Settings
 
@@ -23,13 +26,15 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     hub: EventHub
-    cameras: CameraManager
+    cameras: CameraRegistry
+    node: Optional[CaptureNode]
     keys: KeyPool
     router: Router
-    registry: CollectorRegistry
+    metrics: CollectorRegistry
 
     def close(self) -> None:
-        self.cameras.stop_all()
+        if self.node is not None:
+            self.node.stop()
         self.hub.stop()
 
 

@@ -14,9 +14,10 @@ from typing import Any, Callable
 from flask import Blueprint, current_app
 from simple_websocket import ConnectionClosed
 
-from traffic_celery import names
-from traffic_celery.capture import SourceError, open_capture
+from traffic_celery import names, results
+from traffic_celery.registry import CameraConfig
 from traffic_celery.results import event
+from traffic_celery.sources import probe
 
 from .hub import Client
 from .runtime import Runtime, runtime
@@ -53,26 +54,46 @@ def _ping(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
     client.send(event("pong", {"timestamp": data.get("timestamp")}))
 
 
+def _frame_interval(data: dict[str, Any], camera_id: str) -> Any:
+    value = data.get("frameInterval")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 60):
+        raise ProtocolError("invalid_frame_interval", "frameInterval must be a number of seconds in (0, 60]; "
+                            "leave it out for the server's default", camera_id)
+    return value
+
+
+def _current_status(rt: Runtime, client: Client, camera_id: str, note: str) -> None:
+    """Tell one client the camera's last known state (a late viewer need not wait for the next change)."""
+    status = rt.cameras.status(camera_id)
+    state = status.get("state", "starting")
+    client.send(event("camera_status", {"cameraId": camera_id, "status": 1 if state == "online" else 0,
+                                        "state": state, "message": f"{note}: {status.get('message', state)}"}))
+
+
 def _start_stream(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
     camera_id = _camera_id(data)
     url = _url(data, camera_id)
+    config = CameraConfig(camera_id=camera_id, url=url, frame_interval=_frame_interval(data, camera_id))
     client.cameras.add(camera_id)  # subscribe first, so the camera's first status reaches this client
-    started = rt.cameras.start(camera_id, url)
-    if not started:
-        client.send(event("camera_status", {"cameraId": camera_id, "status": 1,
-                                            "message": "already running; subscribed"}))
+    previous = rt.cameras.put(config)  # the capture node holding (or claiming) the camera does the rest
+    if previous is not None and previous.same_source(config):
+        _current_status(rt, client, camera_id, "already running; subscribed")
 
 
 def _stop_stream(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
     camera_id = _camera_id(data)
-    if not rt.cameras.stop(camera_id):
+    if not rt.cameras.remove(camera_id):
         raise ProtocolError("camera_not_running", f"camera {camera_id} is not running", camera_id)
+    results.publish(rt.redis, camera_id, "stream_stopped",
+                    {"cameraId": camera_id, "reason": "stopped by an operator"})
 
 
 def _subscribe(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
     camera_id = _camera_id(data)
     client.cameras.add(camera_id)
     client.send(event("subscribed", {"cameraId": camera_id}))
+    if rt.cameras.get(camera_id) is not None:
+        _current_status(rt, client, camera_id, "subscribed")
 
 
 def _unsubscribe(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
@@ -82,17 +103,16 @@ def _unsubscribe(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
 
 
 def _check_camera(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
+    """Probe off the receive loop: a thread opens the source and reads a frame, within `probe_timeout`."""
     camera_id = _camera_id(data)
     url = _url(data, camera_id)
 
-    def probe() -> None:
-        try:
-            open_capture(url).release()
-            client.send(event("camera_status", {"cameraId": camera_id, "status": 1, "message": "reachable"}))
-        except SourceError as exc:
-            client.send(event("camera_status", {"cameraId": camera_id, "status": 0, "message": str(exc)}))
+    def run() -> None:
+        ok, message = probe(url, rt.settings.probe_timeout)
+        client.send(event("camera_status", {"cameraId": camera_id, "status": 1 if ok else 0,
+                                            "state": "reachable" if ok else "unreachable", "message": message}))
 
-    threading.Thread(target=probe, name=f"probe-{camera_id}", daemon=True).start()
+    threading.Thread(target=run, name=f"probe-{camera_id}", daemon=True).start()
 
 
 HANDLERS: dict[str, Callable[[Runtime, Client, dict[str, Any]], None]] = {

@@ -1,0 +1,175 @@
+"""The camera registry in Redis: which cameras run, on which URL, which capture node holds each, and its status.
+
+- `tc:cameras` (hash) maps a camera id to its :class:`CameraConfig`. The web tier writes it; it outlives every
+  process, so a restarted web tier or capture node starts the cameras again.
+- `tc:camera:<id>:owner` is a lease: the id of the capture node running the camera, with a TTL the node renews
+  every heartbeat. A node that dies stops renewing; another node claims the camera when the lease expires.
+- `tc:camera:<id>:status` (hash) is the camera's last state (online / reconnecting / offline), message, node and
+  counters, so a viewer who subscribes late, and `/api/cameras`, see it without waiting for the next event.
+- `tc:cameras:control` (pub/sub) wakes every capture node when the registry changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Optional, Sequence
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import names, results
+
+logger = logging.getLogger(__name__)
+
+
+class CameraConfig(BaseModel):
+    """One camera as the registry keeps it."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    camera_id: str = Field(alias="cameraId")
+    url: str
+    frame_interval: Optional[float] = Field(None, alias="frameInterval", gt=0, le=60)
+    verified: bool = False  # the source has opened once: later open failures are retried, not final
+    added_at: float = Field(default_factory=time.time, alias="addedAt")
+
+    def same_source(self, other: "CameraConfig") -> bool:
+        return self.url == other.url and self.frame_interval == other.frame_interval
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+
+# KEYS: owner keys; ARGV[1]: node id, ARGV[2]: ttl ms. Per key 1 if this node holds it now (renewed, or taken
+# again when the key vanished, e.g. after a Redis restart), 0 if another node holds it.
+_RENEW = """
+local held = {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if owner == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2]); held[i] = 1
+  elseif owner == false then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2]); held[i] = 1
+  else
+    held[i] = 0
+  end
+end
+return held
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class CameraRegistry:
+    def __init__(self, r: redis.Redis):
+        self._redis = r
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
+
+    # --- configs (the web tier) -------------------------------------------------------------------------------
+    def put(self, config: CameraConfig) -> Optional[CameraConfig]:
+        """Register (or change) a camera; returns the previous config. Same source: kept as it was."""
+        previous = self.get(config.camera_id)
+        if previous is not None and previous.same_source(config):
+            return previous
+        self._redis.hset(names.CAMERAS, config.camera_id, config.to_json())
+        self.notify()
+        return previous
+
+    def remove(self, camera_id: str) -> bool:
+        removed = bool(self._redis.hdel(names.CAMERAS, camera_id))
+        if removed:
+            self.notify()
+        return removed
+
+    def remove_if(self, config: CameraConfig) -> bool:
+        """Remove the camera only if it still has this source (an operator may have changed it meanwhile)."""
+        current = self.get(config.camera_id)
+        return current is not None and current.same_source(config) and self.remove(config.camera_id)
+
+    def mark_verified(self, config: CameraConfig) -> None:
+        current = self.get(config.camera_id)
+        if current is not None and current.same_source(config) and not current.verified:
+            self._redis.hset(names.CAMERAS, config.camera_id,
+                             current.model_copy(update={"verified": True}).to_json())
+
+    def get(self, camera_id: str) -> Optional[CameraConfig]:
+        raw = self._redis.hget(names.CAMERAS, camera_id)
+        return None if raw is None else CameraConfig.model_validate_json(raw)
+
+    def all(self) -> dict[str, CameraConfig]:
+        configs = {}
+        for cid, raw in self._redis.hgetall(names.CAMERAS).items():
+            try:
+                configs[cid.decode()] = CameraConfig.model_validate_json(raw)
+            except ValueError:
+                logger.warning("ignoring a malformed registry entry for camera %r", cid)
+        return configs
+
+    def notify(self) -> None:
+        self._redis.publish(names.CAMERAS_CONTROL, "changed")
+
+    # --- leases (the capture nodes) ---------------------------------------------------------------------------
+    def claim(self, camera_id: str, node: str, ttl: float) -> bool:
+        return bool(self._redis.set(names.owner_key(camera_id), node, nx=True, px=int(ttl * 1000)))
+
+    def renew(self, camera_ids: Sequence[str], node: str, ttl: float) -> dict[str, bool]:
+        if not camera_ids:
+            return {}
+        held = self._renew(keys=[names.owner_key(c) for c in camera_ids], args=[node, int(ttl * 1000)])
+        return {cid: bool(h) for cid, h in zip(camera_ids, held)}
+
+    def release(self, camera_id: str, node: str) -> None:
+        self._release(keys=[names.owner_key(camera_id)], args=[node])
+
+    # --- status ---------------------------------------------------------------------------------------------
+    def set_status(self, camera_id: str, state: str, message: str, node: str) -> None:
+        """Record the camera's state and tell its viewers (`camera_status`, status 1 only when online)."""
+        data = {"cameraId": camera_id, "status": 1 if state == "online" else 0, "state": state,
+                "message": message}
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(names.status_key(camera_id), mapping={"state": state, "message": message, "node": node,
+                                                        "since": time.time()})
+        pipe.publish(names.events_channel(camera_id), results.event("camera_status", data))
+        pipe.execute()
+
+    def set_counters(self, counters: dict[str, dict[str, Any]]) -> None:
+        if not counters:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for camera_id, values in counters.items():
+            pipe.hset(names.status_key(camera_id), mapping={k: json.dumps(v) for k, v in values.items()})
+        pipe.execute()
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every registered camera with its owner and last status, for the API."""
+        configs = self.all()
+        ids = sorted(configs)
+        pipe = self._redis.pipeline(transaction=False)
+        for cid in ids:
+            pipe.get(names.owner_key(cid))
+            pipe.hgetall(names.status_key(cid))
+        replies = pipe.execute() if ids else []
+        cameras = []
+        for i, cid in enumerate(ids):
+            owner, status = replies[2 * i], {k.decode(): v.decode() for k, v in replies[2 * i + 1].items()}
+            entry: dict[str, Any] = {"cameraId": cid, "url": configs[cid].url,
+                                     "frameInterval": configs[cid].frame_interval,
+                                     "node": owner.decode() if owner else None,
+                                     "state": status.get("state", "starting"), "message": status.get("message", "")}
+            for key in ("framesAnalysed", "tasksEnqueued", "reconnects"):
+                if key in status:
+                    entry[key] = json.loads(status[key])
+            cameras.append(entry)
+        return cameras
+
+    def status(self, camera_id: str) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self._redis.hgetall(names.status_key(camera_id)).items()}
+
+    def forget_status(self, camera_id: str) -> None:
+        self._redis.delete(names.status_key(camera_id))

@@ -1,0 +1,107 @@
+"""When to ask the LLM about a traffic group: when it matters, not on every sampled frame.
+
+One :class:`AssessmentScheduler` per camera remembers, for each group id, its tracked members and features at its
+last assessment. A group in a frame is assessed when:
+
+- `appeared`: its id is new (a new group is never delayed);
+- `members_changed`: its set of tracked members differs from the last assessment;
+- `worsened`: its pedestrian–vehicle gap or smallest gap shrank by `worsen_ratio` (and by at least
+  `MIN_GAP_CHANGE` heights), or it now closes towards contact within `ttc_horizon` seconds, or its
+  time-to-contact shrank by `worsen_ratio`;
+- `reassess`: nothing changed for `reassess_interval` seconds.
+
+Except for a new group, two assessments of one group are at least `min_interval` apart, so tracks that flicker do
+not turn into a call per frame. Every group of a frame that is not assessed counts as a call saved, against the
+old policy of one call per group per sampled frame.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from .settings import Settings
+from .types import GroupFeatures, TrafficGroup
+
+APPEARED, MEMBERS_CHANGED, WORSENED, REASSESS = "appeared", "members_changed", "worsened", "reassess"
+REASONS = (APPEARED, MEMBERS_CHANGED, WORSENED, REASSESS)
+MIN_GAP_CHANGE = 0.05  # heights: a smaller change of a gap is detector noise
+
+
+@dataclass(frozen=True)
+class _Assessed:
+    members: frozenset[int]
+    features: GroupFeatures
+    at: float
+
+
+def _shrank(before: Optional[float], now: Optional[float], ratio: float) -> bool:
+    if now is None:
+        return False
+    if before is None:
+        return True
+    return now <= before * (1 - ratio) and before - now >= MIN_GAP_CHANGE
+
+
+def worsened(before: GroupFeatures, now: GroupFeatures, ratio: float, ttc_horizon: float) -> bool:
+    """Whether `now` is worse than `before` past the threshold (see the module docstring)."""
+    if now.pedestrian_vehicle_gap is not None and _shrank(before.pedestrian_vehicle_gap,
+                                                          now.pedestrian_vehicle_gap, ratio):
+        return True
+    if _shrank(before.min_gap, now.min_gap, ratio):
+        return True
+    ttc = now.time_to_contact
+    if ttc is not None and ttc <= ttc_horizon:
+        return before.time_to_contact is None or before.time_to_contact > ttc_horizon \
+            or ttc <= before.time_to_contact * (1 - ratio)
+    return False
+
+
+class AssessmentScheduler:
+    """Picks the groups of a frame to assess, and counts calls made (per reason) and saved."""
+
+    def __init__(self, reassess_interval: float = 30.0, min_interval: float = 2.0, worsen_ratio: float = 0.3,
+                 ttc_horizon: float = 5.0):
+        self.reassess_interval = reassess_interval
+        self.min_interval = min_interval
+        self.worsen_ratio = worsen_ratio
+        self.ttc_horizon = ttc_horizon
+        self._memory: dict[str, _Assessed] = {}
+        self.calls: Counter[str] = Counter()
+        self.saved = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "AssessmentScheduler":
+        return cls(settings.reassess_interval, settings.assess_min_interval, settings.assess_worsen_ratio,
+                   settings.assess_ttc_horizon)
+
+    def reason(self, group: TrafficGroup, now: float) -> Optional[str]:
+        """Why `group` is due at `now`, or None if it is not."""
+        last = self._memory.get(group.group_id)
+        if last is None:
+            return APPEARED
+        if now - last.at < self.min_interval:
+            return None
+        if frozenset(group.member_ids) != last.members:
+            return MEMBERS_CHANGED
+        if worsened(last.features, group.features, self.worsen_ratio, self.ttc_horizon):
+            return WORSENED
+        if now - last.at >= self.reassess_interval:
+            return REASSESS
+        return None
+
+    def due(self, groups: Sequence[TrafficGroup], now: float) -> list[tuple[TrafficGroup, str]]:
+        """The groups of one frame to assess now, with the reason; remembers them as assessed at `now`."""
+        chosen: list[tuple[TrafficGroup, str]] = []
+        for group in groups:
+            why = self.reason(group, now)
+            if why is None:
+                self.saved += 1
+                continue
+            chosen.append((group, why))
+            self.calls[why] += 1
+            self._memory[group.group_id] = _Assessed(frozenset(group.member_ids), group.features, now)
+        present = {g.group_id for g in groups}  # a group id that is gone never comes back (GroupIds)
+        self._memory = {gid: m for gid, m in self._memory.items() if gid in present}
+        return chosen

@@ -1,0 +1,247 @@
+"""Video sources: open a camera with OpenCV, keep its newest frame, and reconnect when the stream is lost.
+
+Supported URLs: `rtsp://` (transport from `TC_RTSP_TRANSPORT`, TCP by default), `http(s)://` (MJPEG or any stream
+FFmpeg reads), a file path or `file://` URL (played once or looped, at real-time pace or as fast as the consumer
+takes frames) and a webcam index (`0`). Open and read timeouts go to OpenCV's FFmpeg backend
+(`CAP_PROP_OPEN_TIMEOUT_MSEC`, `CAP_PROP_READ_TIMEOUT_MSEC`), so a stalled stream fails instead of hanging.
+
+:class:`FrameSource` owns a reader thread. It reports its state through a callback:
+
+- `online`: frames are arriving;
+- `reconnecting`: the stream was lost (or cannot be opened right now); retries follow an exponential backoff with
+  jitter, `TC_RECONNECT_INITIAL` doubling up to `TC_RECONNECT_MAX`;
+- `offline`: the backoff reached its cap (it keeps retrying at the cap), or the source is over for good: a file
+  that ended without looping, or a source that never opened (a wrong URL is reported, not retried forever,
+  unless the camera is known to have worked before: `retry_unopened`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+from urllib.parse import urlparse
+
+import cv2
+import numpy as np
+
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ONLINE, RECONNECTING, OFFLINE = "online", "reconnecting", "offline"
+StateCallback = Callable[[str, str], None]  # (state, message)
+
+
+class SourceError(RuntimeError):
+    """The camera cannot be opened or read; the message says which URL and what to check."""
+
+
+def is_file_source(url: str) -> bool:
+    parsed = urlparse(url)
+    return not url.isdigit() and (parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and url[1:3] == ":\\"))
+
+
+def configure_ffmpeg(rtsp_transport: str) -> None:
+    """OpenCV reads FFmpeg demuxer options from this variable at every open (it is the only way to pass them)."""
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{rtsp_transport}"
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    open_timeout: float = 10.0
+    read_timeout: float = 10.0
+    loop_files: bool = True
+    pace: str = "realtime"  # or "fast": a file is read as fast as frames are taken, none skipped
+    reconnect_initial: float = 1.0
+    reconnect_max: float = 30.0
+    retry_unopened: bool = False  # retry a source that has never opened (a camera that worked before)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: object) -> "SourceOptions":
+        values = dict(open_timeout=settings.source_open_timeout, read_timeout=settings.source_read_timeout,
+                      loop_files=settings.loop_files, pace=settings.file_pace,
+                      reconnect_initial=settings.reconnect_initial, reconnect_max=settings.reconnect_max)
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def open_capture(url: str, options: SourceOptions = SourceOptions()) -> cv2.VideoCapture:
+    """Open a file, an rtsp/http(s) URL or a webcam index with OpenCV; raise SourceError if it does not open."""
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(options.open_timeout * 1000),
+              cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(options.read_timeout * 1000)]
+    if url.isdigit():
+        cap = cv2.VideoCapture(int(url), cv2.CAP_ANY, params)
+    else:
+        target = urlparse(url).path if url.startswith("file://") else url
+        if is_file_source(url) and not Path(target).is_file():
+            raise SourceError(f"camera source {url!r} does not exist; give an existing file, an rtsp:// or "
+                              f"http(s):// URL, or a webcam index")
+        cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"cannot open camera source {url!r} within {options.open_timeout:g}s; check the URL, "
+                          f"the network and the credentials")
+    return cap
+
+
+def probe(url: str, timeout: float) -> tuple[bool, str]:
+    """Open the source and read one frame, within `timeout` seconds whatever the backend does."""
+    outcome: list[tuple[bool, str]] = []
+
+    def run() -> None:
+        try:
+            cap = open_capture(url, SourceOptions(open_timeout=timeout, read_timeout=timeout))
+            try:
+                ok, frame = cap.read()
+            finally:
+                cap.release()
+            outcome.append((True, f"reachable: {frame.shape[1]}x{frame.shape[0]}") if ok and frame is not None
+                           else (False, f"camera source {url!r} opened but sent no frame; check the stream"))
+        except SourceError as exc:
+            outcome.append((False, str(exc)))
+
+    thread = threading.Thread(target=run, name="probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return outcome[0] if outcome else (False, f"camera source {url!r} did not answer within {timeout:g}s")
+
+
+def backoff_delay(attempt: int, initial: float, cap: float) -> tuple[float, bool]:
+    """Delay before retry number `attempt` (1, 2, ...): `initial` doubling, capped, times a jitter in [0.5, 1];
+    and whether the cap is reached."""
+    raw = initial * 2 ** min(attempt - 1, 30)
+    return min(raw, cap) * random.uniform(0.5, 1.0), raw >= cap
+
+
+class FrameSource:
+    """A reader thread that keeps the newest frame of a capture and reconnects when the stream is lost.
+
+    `newest()` gives the consumer the newest frame; with a file at `pace="fast"` the reader waits for the
+    consumer instead, so every frame is taken once. The thread ends on `stop()` or when the source is over for
+    good (`ended` says why)."""
+
+    def __init__(self, url: str, options: SourceOptions = SourceOptions(),
+                 on_state: Optional[StateCallback] = None):
+        self.url = url
+        self.options = options
+        self._file = is_file_source(url)
+        self._on_state = on_state or (lambda state, message: None)
+        self._frame: Optional[np.ndarray] = None
+        self._seq = 0
+        self._taken = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._finished = False
+        self.state = ""
+        self.ended: Optional[str] = None  # why the source is over for good; None while it may still deliver
+        self.frames_read = 0
+        self.reconnects = 0
+        self._thread = threading.Thread(target=self._run, name=f"reader-{url[:40]}", daemon=True)
+
+    def start(self) -> "FrameSource":
+        self._thread.start()
+        return self
+
+    def _set_state(self, state: str, message: str) -> None:
+        self.state = state
+        try:
+            self._on_state(state, message)
+        except Exception:  # reporting must never kill the reader
+            logger.exception("state callback failed for %s", self.url)
+
+    def _run(self) -> None:
+        attempt, opened_once = 0, False
+        try:
+            while not self._stop.is_set():
+                try:
+                    cap = open_capture(self.url, self.options)
+                except SourceError as exc:
+                    if not opened_once and not self.options.retry_unopened:
+                        self._finish(str(exc))
+                        return
+                    reason = str(exc)
+                else:
+                    opened_once, attempt = True, 0
+                    self._set_state(ONLINE, f"streaming {self.url}")
+                    try:
+                        reason = self._read_all(cap)
+                    finally:
+                        cap.release()
+                    if reason is None or self._stop.is_set():
+                        return
+                    if self._file and not self.options.loop_files:
+                        self._finish(f"end of file {self.url}", state=OFFLINE)
+                        return
+                attempt += 1
+                self.reconnects += 1
+                delay, capped = backoff_delay(attempt, self.options.reconnect_initial, self.options.reconnect_max)
+                self._set_state(OFFLINE if capped else RECONNECTING,
+                                f"{reason}; reconnect attempt {attempt} in {delay:.1f}s")
+                logger.info("%s: %s; retry %d in %.1fs", self.url, reason, attempt, delay)
+                self._stop.wait(delay)
+        finally:
+            with self._cond:
+                self._finished = True
+                self._cond.notify_all()
+
+    def _finish(self, reason: str, state: str = OFFLINE) -> None:
+        self.ended = reason
+        self._set_state(state, reason)
+
+    def _read_all(self, cap: cv2.VideoCapture) -> Optional[str]:
+        """Read until stopped (None) or until the stream fails (the reason). A looped file rewinds."""
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        pace = 1.0 / fps if self._file and self.options.pace == "realtime" and 0 < fps < 240 else 0.0
+        fast = self._file and self.options.pace == "fast"
+        next_at = time.monotonic()
+        frames_this_open = 0
+        while not self._stop.is_set():
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                if self._file and self.options.loop_files and frames_this_open:
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    frames_this_open = 0
+                    continue
+                return "end of file" if self._file else f"stream lost (no frame within " \
+                    f"{self.options.read_timeout:g}s or the connection closed)"
+            frames_this_open += 1
+            self.frames_read += 1
+            with self._cond:
+                if fast:
+                    self._cond.wait_for(lambda: self._taken >= self._seq or self._stop.is_set())
+                self._frame, self._seq = frame, self._seq + 1
+                self._cond.notify_all()
+            if pace:
+                next_at = max(next_at + pace, time.monotonic() - 1.0)
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+        return None
+
+    def newest(self, after_seq: int, timeout: float) -> tuple[Optional[np.ndarray], int]:
+        """The newest frame if it is newer than `after_seq`, waiting up to `timeout`; (None, seq) otherwise."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._seq > after_seq or self._finished, timeout)
+            if self._seq > after_seq:
+                self._taken = self._seq
+                self._cond.notify_all()
+                return self._frame, self._seq
+            return None, self._seq
+
+    @property
+    def alive(self) -> bool:
+        return not self._finished
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        self.request_stop()
+        self._thread.join(timeout=self.options.read_timeout + 5)
