@@ -79,7 +79,9 @@ class Settings(BaseSettings):
         "realtime", description="A file plays at its own frame rate, or as fast as frames are analysed (every "
         "frame, none skipped: for benchmarks and replays).")
     rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport (FFmpeg's rtsp_transport).")
-    source_open_timeout: float = Field(10.0, gt=0, le=300, description="Seconds to open a stream.")
+    source_open_timeout: float = Field(5.0, gt=0, le=300, description="Seconds to open a stream (OpenCV opens "
+                                       "one FFmpeg source at a time per process: a camera that hangs while "
+                                       "opening delays the others' reconnects by up to this).")
     source_read_timeout: float = Field(10.0, gt=0, le=300, description="Seconds without a frame before a "
                                        "stream counts as lost (a stall that does not close the connection).")
     reconnect_initial: float = Field(1.0, gt=0, le=600, description="First delay before reconnecting a lost "

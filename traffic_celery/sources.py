@@ -4,6 +4,9 @@ Supported URLs: `rtsp://` (transport from `TC_RTSP_TRANSPORT`, TCP by default), 
 FFmpeg reads), a file path or `file://` URL (played once or looped, at real-time pace or as fast as the consumer
 takes frames) and a webcam index (`0`). Open and read timeouts go to OpenCV's FFmpeg backend
 (`CAP_PROP_OPEN_TIMEOUT_MSEC`, `CAP_PROP_READ_TIMEOUT_MSEC`), so a stalled stream fails instead of hanging.
+OpenCV opens one FFmpeg source at a time per process (measured: a second open waits for a first one that hangs),
+so a camera that hangs while opening delays the other cameras' reconnects in the same process by up to
+`TC_SOURCE_OPEN_TIMEOUT`; reads are not serialised.
 
 :class:`FrameSource` owns a reader thread. It reports its state through a callback:
 

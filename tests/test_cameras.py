@@ -1,0 +1,168 @@
+"""Cameras through the real system: a WebSocket client, web processes, capture nodes, an HTTP MJPEG camera.
+
+Tests that need a system of their own (a restart, capture nodes) use another database of the session's Redis,
+so that the session's web tier (itself a capture node) does not take their cameras.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import pytest
+import requests
+
+from .conftest import Proc, start_web, wait_for
+from .mjpeg_server import MjpegServer, StalledServer
+
+
+def on_db(env: dict[str, str], db: int) -> dict[str, str]:
+    return {**env, "TC_REDIS_URL": env["TC_REDIS_URL"].rsplit("/", 1)[0] + f"/{db}"}
+
+
+def status_is(camera_id: str, state: str, text: str = ""):
+    return lambda m: (m["type"] == "camera_status" and m["data"]["cameraId"] == camera_id
+                      and m["data"]["state"] == state and text in m["data"]["message"])
+
+
+def frame_of(camera_id: str):
+    return lambda m: m["type"] == "detection_result" and m["data"]["cameraId"] == camera_id
+
+
+@pytest.fixture()
+def mjpeg(sample_video):
+    server = MjpegServer.from_video(str(sample_video), count=60).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_mjpeg_camera_that_dies_comes_back_and_resumes(web, ws_factory, mjpeg):
+    client = ws_factory(web)
+    client.send("start_stream", {"cameraId": "http-cam", "rtspUrl": mjpeg.url})
+    client.wait(status_is("http-cam", "online"), 60, "the camera online")
+    client.wait(frame_of("http-cam"), 60, "a first detection_result")
+    mjpeg.stop()
+    lost = client.wait(status_is("http-cam", "reconnecting"), 20, "camera_status reconnecting")
+    assert "stream lost" in lost["data"]["message"] and lost["data"]["status"] == 0
+    client.wait(status_is("http-cam", "offline", "reconnect attempt"), 30, "offline once the backoff is capped")
+    mjpeg.start()
+    client.wait(status_is("http-cam", "online"), 30, "the camera online again")
+    back = client.wait(frame_of("http-cam"), 30, "detection results again")
+    assert back["data"]["imageWidth"] == 768
+    cameras = requests.get(web + "/api/cameras", timeout=5).json()
+    (entry,) = [c for c in cameras if c["cameraId"] == "http-cam"]
+    assert entry["state"] == "online" and entry["reconnects"] >= 2
+
+
+def test_two_viewers_on_two_web_processes_share_one_capture_loop(web, system_env, log_dir, ws_factory, mjpeg):
+    second, second_url = start_web(system_env, log_dir, "web-second")
+    try:
+        a, b = ws_factory(web), ws_factory(second_url)
+        a.send("start_stream", {"cameraId": "shared", "rtspUrl": mjpeg.url})
+        a.wait(status_is("shared", "online"), 60, "the camera online")
+        b.send("start_stream", {"cameraId": "shared", "rtspUrl": mjpeg.url})
+        joined = b.wait(lambda m: m["type"] == "camera_status", 10, "the second viewer's camera_status")
+        assert joined["data"]["message"].startswith("already running; subscribed")
+        stamps = {}
+        for name, client in (("a", a), ("b", b)):
+            client.wait(frame_of("shared"), 30, "frames")
+            seen = [client.wait(frame_of("shared"), 30, "frames")["data"]["timestamp"] for _ in range(6)]
+            assert seen == sorted(seen)
+            stamps[name] = set(seen)
+        assert stamps["a"] & stamps["b"], "the two viewers got different frames: two loops ran"
+        capturing = [requests.get(u + "/api/health", timeout=5).json()["capturing"] for u in (web, second_url)]
+        assert sorted(capturing, key=len) == [[], ["shared"]]
+        assert mjpeg.connections == 1  # one pull of the camera
+    finally:
+        second.stop()
+
+
+def test_bad_url_fails_alone_and_leaves_the_registry(web, ws_factory, sample_video, tmp_path):
+    client = ws_factory(web)
+    client.send("start_stream", {"cameraId": "good", "rtspUrl": str(sample_video)})
+    client.wait(frame_of("good"), 60, "the good camera's frames")
+    client.send("start_stream", {"cameraId": "bad", "rtspUrl": "rtsp://127.0.0.1:9/nothing-listens-here"})
+    status = client.wait(lambda m: m["type"] == "camera_status" and m["data"]["cameraId"] == "bad", 30, "status")
+    assert status["data"]["state"] == "offline" and "cannot open camera source" in status["data"]["message"]
+    error = client.wait(lambda m: m["type"] == "error", 10, "the error event")
+    assert error["data"]["code"] == "camera_failed" and error["data"]["cameraId"] == "bad"
+    wait_for(lambda: [c["cameraId"] for c in requests.get(web + "/api/cameras", timeout=5).json()] == ["good"],
+             10, "the bad camera to leave the registry")
+    after = client.wait(frame_of("good"), 30, "the good camera still running")
+    assert after["data"]["timestamp"] > status["data"].get("timestamp", 0)
+
+
+def test_check_camera_probes_off_the_receive_loop(web, ws_factory, mjpeg):
+    stalled = StalledServer()
+    try:
+        client = ws_factory(web)
+        client.send("check_camera", {"cameraId": 7, "rtspUrl": stalled.url})
+        client.send("ping")
+        sent = time.monotonic()
+        client.wait(lambda m: m["type"] == "pong", 2, "pong while a probe hangs")
+        assert time.monotonic() - sent < 2
+        client.send("check_camera", {"cameraId": 8, "rtspUrl": mjpeg.url})
+        replies: dict[str, dict] = {}
+        while len(replies) < 2:  # OpenCV opens one FFmpeg source at a time per process: any order
+            msg = client.wait(lambda m: m["type"] == "camera_status", 40, "both probes' answers")
+            replies[msg["data"]["cameraId"]] = msg["data"]
+        assert replies["8"] == {"cameraId": "8", "status": 1, "state": "reachable", "message": "reachable: 768x576"}
+        assert replies["7"]["status"] == 0 and replies["7"]["state"] == "unreachable"
+        assert "within" in replies["7"]["message"]
+    finally:
+        stalled.close()
+
+
+def test_a_restarted_web_tier_restarts_the_registered_cameras(system_env, log_dir, ws_factory, sample_video):
+    env = on_db(system_env, 1)
+    first, url = start_web(env, log_dir, "web-db1")
+    try:
+        client = ws_factory(url)
+        client.send("start_stream", {"cameraId": "kept", "rtspUrl": str(sample_video)})
+        client.wait(frame_of("kept"), 60, "frames before the restart")
+    finally:
+        assert first.stop() == 0
+    second, url = start_web(env, log_dir, "web-db1-again")
+    try:
+        viewer = ws_factory(url)
+        viewer.send("subscribe", {"cameraId": "kept"})  # nobody starts it again
+        viewer.wait(frame_of("kept"), 60, "frames after the restart")
+        (entry,) = requests.get(url + "/api/cameras", timeout=5).json()
+        assert entry["cameraId"] == "kept" and entry["state"] == "online"
+    finally:
+        second.stop()
+
+
+def test_a_dead_capture_node_s_cameras_restart_on_another(system_env, log_dir, ws_factory, sample_video):
+    env = {**on_db(system_env, 2), "TC_CAPTURE_IN_WEB": "false"}
+    nodes = [Proc(f"capture-{i}", [sys.executable, "-m", "workers.capture"], env, log_dir) for i in range(2)]
+    web_proc = None
+    try:
+        for node in nodes:
+            wait_for(lambda: "ready" in node.output(), 90, f"{node.name} to load the model")
+        web_proc, url = start_web(env, log_dir, "web-db2")
+        assert requests.get(url + "/api/health", timeout=5).json()["captureNode"] is None
+        client = ws_factory(url)
+        client.send("start_stream", {"cameraId": "roaming", "rtspUrl": str(sample_video)})
+        client.wait(frame_of("roaming"), 60, "frames from the first node")
+        (entry,) = requests.get(url + "/api/cameras", timeout=5).json()
+        owner = next(n for n in nodes if f":{n.process.pid}:" in entry["node"])
+        owner.stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+        moved = wait_for(lambda: [c for c in requests.get(url + "/api/cameras", timeout=5).json()
+                                  if c["node"] and f":{owner.process.pid}:" not in c["node"]
+                                  and c["state"] == "online"], 30, "the camera to restart on the other node")
+        took = time.monotonic() - killed_at
+        assert moved[0]["cameraId"] == "roaming"
+        client.wait(lambda m: frame_of("roaming")(m) and m["data"]["timestamp"] > time.time() - 2, 30,
+                    "fresh frames from the second node")
+        assert took < 3 + 0.5 + 10, f"took {took:.1f}s"  # lease TTL + heartbeat + opening the source
+        print(f"camera moved to another node {took:.1f}s after the SIGKILL")
+    finally:
+        if web_proc is not None:
+            web_proc.stop()
+        for node in nodes:
+            node.stop()
