@@ -78,3 +78,27 @@ def test_tracking_and_group_ids_are_stable_on_the_sample_video(detector, sample_
     assert parked
     most_common = max(set(parked), key=parked.count)
     assert parked.count(most_common) >= 8, frames_groups
+
+
+@pytest.mark.parametrize("scale", [2.0, 0.75])
+def test_real_scene_gives_the_same_groups_at_another_resolution(detector, sample_video, scale):
+    """The old system grouped with a fixed 150 px; here the same frame upscaled or downscaled groups alike."""
+    from traffic_celery.grouping import group_detections
+
+    cap = cv2.VideoCapture(str(sample_video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 100)
+    ok, frame = cap.read()
+    cap.release()
+    resized = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1
+                         else cv2.INTER_LINEAR)
+
+    def groups_of(image, k):
+        return sorted((g.classes, len(g.members), tuple(round(v / k / 8) for v in g.bbox))
+                      for g in group_detections(detector.detect(image)))
+
+    original, other = groups_of(frame, 1.0), groups_of(resized, scale)
+    assert original, "the frame has groups (the parked van and car)"
+    # same groups, same members; boxes equal to within 8 px of the original frame
+    assert [(c, n) for c, n, _ in original] == [(c, n) for c, n, _ in other]
+    for (_, _, a), (_, _, b) in zip(original, other):
+        assert all(abs(x - y) <= 1 for x, y in zip(a, b)), (original, other)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import requests
+
 from traffic_celery import names
 from traffic_celery.assessment import GroupResult
+
+from .conftest import wait_for
 
 RISK_FIELDS = {"cameraId", "groupId", "taskId", "riskLevel", "riskTypes", "description", "confidence",
                "dangerObjectIds", "llmLatency", "llmModel", "apiKeyId"}
@@ -64,3 +68,36 @@ def test_bad_camera_url_gives_clear_status_and_error(web, ws_factory, tmp_path):
     assert error["data"]["code"] == "camera_failed" and error["data"]["cameraId"] == "cam-bad"
     client.send("ping")
     client.wait(lambda m: m["type"] == "pong", 10, "pong after a failed camera")
+
+
+def test_llm_calls_made_and_saved_are_counted_and_each_call_gives_one_assessment(web, ws_factory, sample_video):
+    def stats():
+        return requests.get(web + "/api/assessments/stats", timeout=5).json()
+
+    def metric(text: str, name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    before = stats()
+    client = ws_factory(web)
+    client.send("start_stream", {"cameraId": "counted", "rtspUrl": str(sample_video)})
+    frames = [client.wait(lambda m: m["type"] == "detection_result", 60, "frames") for _ in range(15)]
+    client.send("stop_stream", {"cameraId": "counted"})
+    client.wait(lambda m: m["type"] == "stream_stopped", 20, "stream_stopped")
+    assert any(f["data"]["trafficGroups"] for f in frames)
+    wait_for(lambda: stats() == stats(), 10, "the counters to settle", interval=0.5)
+    after = stats()
+    made, saved = after["callsTotal"] - before["callsTotal"], after["saved"] - before["saved"]
+    assert made >= 1 and after["calls"]["appeared"] > before["calls"]["appeared"]
+    assert saved > made, "a steady scene needs far fewer calls than one per group per frame"
+
+    def all_assessed() -> bool:
+        while client.next(0.2) is not None:
+            pass
+        task_ids = {m["data"]["taskId"] for m in client.seen  # every message so far, waited for or not
+                    if m["type"] == "risk_assessment" and m["data"]["cameraId"] == "counted"}
+        return len(task_ids) == made
+
+    wait_for(all_assessed, 30, f"{made} assessments, one per call counted")
+    text = requests.get(web + "/metrics", timeout=5).text
+    assert metric(text, "tc_assessment_calls_total") == after["callsTotal"]
+    assert metric(text, "tc_assessment_calls_saved_total") == after["saved"]

@@ -13,9 +13,11 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from . import names
 from .keys import KeyPool
 from .limiter import KeyLimiter
 from .router import Router
+from .scheduling import REASONS
 
 logger = logging.getLogger(__name__)
 
@@ -58,3 +60,31 @@ class KeyPoolCollector(Collector):
             gauges["limit_qps"].add_metric(labels, float(s["qps"]))  # type: ignore[arg-type]
         yield from counters.values()
         yield from gauges.values()
+
+
+def assessment_stats(r: redis.Redis) -> dict[str, object]:
+    """LLM calls the scheduler made (per reason) and saved, over all cameras and capture nodes."""
+    raw = {k.decode(): int(v) for k, v in r.hgetall(names.ASSESS_STATS).items()}
+    calls = {reason: raw.get(f"calls:{reason}", 0) for reason in REASONS}
+    return {"calls": calls, "callsTotal": sum(calls.values()), "saved": raw.get("saved", 0)}
+
+
+class AssessmentCollector(Collector):
+    """`tc_assessment_calls_total{reason}` and `tc_assessment_calls_saved_total`, read from Redis at scrape."""
+
+    def __init__(self, r: redis.Redis):
+        self._redis = r
+
+    def collect(self) -> Iterator:
+        try:
+            stats = assessment_stats(self._redis)
+        except redis.RedisError as exc:
+            logger.warning("cannot read assessment stats for /metrics: %s", exc)
+            return
+        calls = CounterMetricFamily("tc_assessment_calls", "groups sent to the LLM, by why they were due",
+                                    labels=["reason"])
+        for reason, count in stats["calls"].items():  # type: ignore[union-attr]
+            calls.add_metric([reason], float(count))
+        yield calls
+        yield CounterMetricFamily("tc_assessment_calls_saved", "groups of analysed frames not sent to the LLM "
+                                  "(one call per group per frame otherwise)", value=float(stats["saved"]))

@@ -12,7 +12,7 @@ from traffic_celery.cameras import CaptureNode
 from traffic_celery.detection import shared_detector
 from traffic_celery.dispatch import Dispatcher
 from traffic_celery.keys import KeyPool
-from traffic_celery.metrics import KeyPoolCollector
+from traffic_celery.metrics import AssessmentCollector, KeyPoolCollector
 from traffic_celery.router import build_router
 from traffic_celery.redis_conn import connect
 from traffic_celery.registry import CameraRegistry
@@ -39,6 +39,7 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     router = build_router(settings, r, pool)
     registry = CollectorRegistry()
     registry.register(KeyPoolCollector(pool, router.limiter, router))
+    registry.register(AssessmentCollector(r))
     node = None
     if settings.capture_in_web:
         node = CaptureNode(settings, r, lambda: shared_detector(settings),

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from traffic_celery import names, results
-from traffic_celery.metrics import key_stats
+from traffic_celery.metrics import assessment_stats, key_stats
 
 from .runtime import runtime
 
@@ -61,6 +61,15 @@ def keys():
     rt = runtime(current_app)
     try:
         return jsonify(key_stats(rt.keys, rt.router.limiter, rt.router))
+    except redis.RedisError as exc:
+        return jsonify(error=f"Redis unreachable ({exc}); check TC_REDIS_URL"), 503
+
+
+@bp.get("/api/assessments/stats")
+def assessments_stats():
+    """LLM calls made per reason and calls saved by the scheduler, all cameras."""
+    try:
+        return jsonify(assessment_stats(runtime(current_app).redis))
     except redis.RedisError as exc:
         return jsonify(error=f"Redis unreachable ({exc}); check TC_REDIS_URL"), 503
 
