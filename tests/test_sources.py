@@ -122,3 +122,16 @@ def test_probe_answers_within_its_timeout(sample_video, tmp_path):
     finally:
         server.stop()
         stalled.close()
+
+
+def test_a_file_keeps_its_own_timeline_across_loops(numbered_video):
+    source = FrameSource(str(numbered_video), SourceOptions(loop_files=True, pace="fast")).start()
+    try:
+        positions, seq = [], 0
+        for _ in range(45):
+            frame, seq = source.newest(seq, timeout=5)
+            positions.append(round(source.position, 2))
+        # 10 fps: 0.1 s a frame, the second pass continues at 2.0 s instead of starting again at 0
+        assert positions == [round(0.1 * i, 2) for i in range(45)]
+    finally:
+        source.stop()

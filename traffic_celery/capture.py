@@ -80,6 +80,8 @@ class CaptureLoop:
         self.log = logger.getChild(f"camera.{self.camera_id}")
         self.frames_analysed = 0
         self.tasks_enqueued = 0
+        self.first_frame_done: Optional[float] = None  # monotonic times the first and last analyses ended
+        self.last_frame_done: Optional[float] = None
         self.source: Optional[FrameSource] = None
         self._tracker: Optional[Tracker] = None  # made in the loop's thread (imports ultralytics)
         self._group_ids = GroupIds()
@@ -126,6 +128,10 @@ class CaptureLoop:
             self.log.info("capture started on %s", self.url)
             seq = 0
             next_at = time.monotonic()
+            # a file replayed as fast as possible keeps its own timeline, so the scheduler and the motion
+            # features see the file's seconds, not how fast this machine analyses it
+            replay_start = time.time() if is_file_source(self.url) and self._settings.file_pace == "fast" \
+                else None
             while not self._stop.is_set():
                 frame, seq_now = source.newest(seq, timeout=max(self.interval * 4, 1.0))
                 if frame is None:
@@ -136,7 +142,7 @@ class CaptureLoop:
                         break
                     continue
                 seq = seq_now
-                self.analyse(frame, detector)
+                self.analyse(frame, detector, None if replay_start is None else replay_start + source.position)
                 next_at = max(next_at + self.interval, time.monotonic())
                 if self._stop.wait(next_at - time.monotonic()):
                     break
@@ -193,6 +199,9 @@ class CaptureLoop:
         if len(groups) > len(due):
             pipe.hincrby(names.ASSESS_STATS, "saved", len(groups) - len(due))
         pipe.execute()
+        self.last_frame_done = time.monotonic()
+        if self.first_frame_done is None:
+            self.first_frame_done = self.last_frame_done
         return analysis
 
     def _enqueue_group(self, frame: np.ndarray, group: TrafficGroup, ts: float, reason: str) -> None:

@@ -146,6 +146,9 @@ class FrameSource:
         self.ended: Optional[str] = None  # why the source is over for good; None while it may still deliver
         self.frames_read = 0
         self.reconnects = 0
+        self._position = 0.0  # seconds into a file's timeline (growing across loops), of the newest frame
+        self._loop_offset = 0.0
+        self._taken_position = 0.0
         self._thread = threading.Thread(target=self._run, name=f"reader-{url[:40]}", daemon=True)
 
     def start(self) -> "FrameSource":
@@ -211,6 +214,7 @@ class FrameSource:
                 if self._file and self.options.loop_files and frames_this_open:
                     cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                     frames_this_open = 0
+                    self._loop_offset = self._position + (1.0 / fps if 0 < fps < 240 else 0.0)
                     continue
                 return "end of file" if self._file else f"stream lost (no frame within " \
                     f"{self.options.read_timeout:g}s or the connection closed)"
@@ -220,18 +224,26 @@ class FrameSource:
                 if fast:
                     self._cond.wait_for(lambda: self._taken >= self._seq or self._stop.is_set())
                 self._frame, self._seq = frame, self._seq + 1
+                if self._file:
+                    self._position = self._loop_offset + max(0.0, cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0
                 self._cond.notify_all()
             if pace:
                 next_at = max(next_at + pace, time.monotonic() - 1.0)
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
         return None
 
+    @property
+    def position(self) -> float:
+        """Where the frame last taken by `newest()` is in a file's own timeline, seconds (grows across loops)."""
+        with self._cond:
+            return self._taken_position
+
     def newest(self, after_seq: int, timeout: float) -> tuple[Optional[np.ndarray], int]:
         """The newest frame if it is newer than `after_seq`, waiting up to `timeout`; (None, seq) otherwise."""
         with self._cond:
             self._cond.wait_for(lambda: self._seq > after_seq or self._finished, timeout)
             if self._seq > after_seq:
-                self._taken = self._seq
+                self._taken, self._taken_position = self._seq, self._position
                 self._cond.notify_all()
                 return self._frame, self._seq
             return None, self._seq

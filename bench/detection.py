@@ -1,0 +1,157 @@
+"""Capture and detection numbers on the sample video, against bare `model.predict` on the same frames.
+
+The frames are every 5th frame of the sample video (10 fps, so one frame every 0.5 s: a camera sampled at 2 fps),
+written to a temporary video file. Measured in one command, interleaved (bare, pipeline, bare) because the
+machine is noisy:
+
+- `predict_fps`: ultralytics `model.predict` on those frames, already decoded in memory, nothing else;
+- `pipeline_fps`: the whole path of a real :class:`CaptureLoop` on that file (`file_pace=fast`, every frame
+  analysed): decode in the reader thread, detect, track, group with motion features, schedule, store crops in
+  Redis, publish `detection_result`, and send `assess_group` tasks to a real Celery broker (an embedded Redis);
+- `ratio` = pipeline_fps / predict_fps (the goal is >= 0.95);
+- `cameras_per_core_at_2fps`: 1 / (2 x CPU seconds the pipeline spent per frame, every thread of the process);
+- LLM calls per camera-minute (of video time) with the scheduler, and with one call per group per frame;
+- `batch2_fps`: `predict` on two frames at once (what batching two cameras' frames would give), against the
+  lock's frame-at-a-time `predict_fps`.
+
+    .venv/bin/python bench/detection.py [--frames 120] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from traffic_celery.capture import CaptureLoop  # noqa: E402
+from traffic_celery.detection import Detector, configure_ultralytics_offline  # noqa: E402
+from traffic_celery.dispatch import Dispatcher  # noqa: E402
+from traffic_celery.embedded_redis import EmbeddedRedis  # noqa: E402
+from traffic_celery.keys import KeyPool  # noqa: E402
+from traffic_celery.redis_conn import connect  # noqa: E402
+from traffic_celery.registry import CameraConfig  # noqa: E402
+from traffic_celery.router import build_router  # noqa: E402
+from traffic_celery.settings import DEMO_KEYS_FILE, Settings  # noqa: E402
+
+STRIDE = 5  # 10 fps video -> 2 fps
+
+
+def load_frames(video: Path, count: int) -> list:
+    cap = cv2.VideoCapture(str(video))
+    frames, index = [], 0
+    while len(frames) < count:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if index % STRIDE == 0:
+            frames.append(frame)
+        index += 1
+    cap.release()
+    return frames
+
+
+def write_video(frames: list, path: Path) -> None:
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0 / STRIDE, (width, height))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
+def predict_fps(detector: Detector, frames: list, batch: int = 1) -> float:
+    model, kwargs = detector._model, dict(conf=detector._conf, imgsz=detector._imgsz,  # noqa: SLF001
+                                          classes=detector._class_ids, verbose=False)  # noqa: SLF001
+    started = time.monotonic()
+    for i in range(0, len(frames) - batch + 1, batch):
+        model.predict(frames[i] if batch == 1 else frames[i:i + batch], **kwargs)
+    return (len(frames) // batch * batch) / (time.monotonic() - started)
+
+
+def run_pipeline(settings: Settings, detector: Detector, video: Path) -> dict[str, float]:
+    from workers.celery_app import make_app
+
+    r = connect(settings)
+    router = build_router(settings, r, KeyPool.from_settings(settings))
+    dispatcher = Dispatcher(make_app(settings), router)
+    loop = CaptureLoop(CameraConfig(camera_id="bench", url=str(video)), settings, r, lambda: detector,
+                       dispatcher)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    loop.start()
+    loop.done.wait()
+    wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+    if loop.failed:
+        raise SystemExit(f"the capture loop failed: {loop.failed}")
+    frames = loop.frames_analysed
+    steady = (frames - 1) / (loop.last_frame_done - loop.first_frame_done)  # after one-time costs (connections)
+    minutes = frames * STRIDE / 10.0 / 60.0
+    calls = sum(loop.scheduler.calls.values())
+    return {"frames": frames, "pipeline_fps": steady, "pipeline_fps_with_start": frames / wall, "cpu_per_frame_s": cpu / frames,
+            "tasks_enqueued": loop.tasks_enqueued, "calls": calls, "calls_saved": loop.scheduler.saved,
+            "calls_by_reason": dict(loop.scheduler.calls),
+            "calls_per_camera_minute": calls / minutes,
+            "calls_per_camera_minute_every_frame": (calls + loop.scheduler.saved) / minutes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=120, help="frames at 2 fps (120: one minute of video)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    args = parser.parse_args()
+    configure_ultralytics_offline()
+    redis_server = EmbeddedRedis().start()
+    try:
+        settings = Settings(redis_url=redis_server.url, llm_keys_file=DEMO_KEYS_FILE, file_pace="fast",
+                            loop_files=False)
+        frames = load_frames(settings.sample_video, args.frames)
+        if len(frames) < 10:
+            raise SystemExit(f"the sample video {settings.sample_video} is missing or short: run "
+                             "scripts/fetch_sample_video.sh")
+        detector = Detector.from_settings(settings)
+        detector.warm_up()
+        with tempfile.TemporaryDirectory() as tmp:
+            video = Path(tmp) / "every-5th.avi"
+            write_video(frames, video)
+            print(f"{len(frames)} frames; bare predict…", file=sys.stderr)
+            bare = [predict_fps(detector, frames)]
+            print("pipeline…", file=sys.stderr)
+            pipeline = run_pipeline(settings, detector, video)
+            print("bare predict again, then two frames per predict…", file=sys.stderr)
+            bare.append(predict_fps(detector, frames))
+            batch2 = predict_fps(detector, frames, batch=2)
+    finally:
+        redis_server.stop()
+    base = sum(bare) / len(bare)
+    result = {"predict_fps": base, "predict_fps_runs": bare, **pipeline, "ratio": pipeline["pipeline_fps"] / base,
+              "cameras_per_core_at_2fps": 1.0 / (2.0 * pipeline["cpu_per_frame_s"]),
+              "batch2_fps": batch2, "batch2_vs_lock": batch2 / base}
+    rows = [("frames (2 fps of video)", result["frames"]),
+            ("bare model.predict, frames/s", base),
+            ("whole capture path, frames/s", result["pipeline_fps"]),
+            ("  the same, counting start-up", result["pipeline_fps_with_start"]),
+            ("ratio pipeline / predict", result["ratio"]),
+            ("CPU s per frame (all threads)", result["cpu_per_frame_s"]),
+            ("cameras per core at 2 fps", result["cameras_per_core_at_2fps"]),
+            ("predict 2 frames at once, frames/s", batch2),
+            ("ratio batch of 2 / one at a time", result["batch2_vs_lock"]),
+            ("LLM calls / camera-minute, scheduled", result["calls_per_camera_minute"]),
+            ("LLM calls / camera-minute, every frame", result["calls_per_camera_minute_every_frame"]),
+            ("calls saved (share)", result["calls_saved"] / max(1, result["calls"] + result["calls_saved"]))]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'metric':<{width}}  value")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:10.3f}")
+    print(f"calls by reason: {pipeline['calls_by_reason']}")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
