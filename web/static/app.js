@@ -42,7 +42,11 @@ const HANDLERS = {
       send("subscribe", { cameraId });   // after a reconnect, watch the camera again
     }
   },
-  camera_status(data) { $("status").textContent = `camera ${data.cameraId}: ${data.status ? "online" : "offline"} — ${data.message}`; },
+  camera_status(data) {
+    const state = data.state || (data.status ? "online" : "offline");
+    $("status").textContent = `camera ${data.cameraId}: ${state} — ${data.message}`;
+    $("status").dataset.state = state;
+  },
   stream_stopped(data) { $("status").textContent = `camera ${data.cameraId} stopped: ${data.reason}`; },
   detection_result: drawDetections,
   risk_assessment: addAssessment,
