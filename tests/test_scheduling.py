@@ -116,3 +116,19 @@ def test_motion_uses_the_oldest_frame_in_its_window():
     # at t=2.0 the window reaches back to t=1.0 (gap 2.0); now the gap is 1.0: 1 height/s
     f = group_detections([car(1, 0), person(2, 300)], link_factor=3.0, motion=motion, ts=2.0)[0].features
     assert f.approach_speed == pytest.approx(1.0)
+
+
+def test_groups_without_a_vehicle_are_not_asked_unless_configured():
+    walkers = TrafficGroup("g1", 0, (person(1, 0), person(2, 50)), (0, 0, 1, 1), features(gap=0.2))
+    mixed = TrafficGroup("g2", 1, (person(3, 0), car(4, 60)), (0, 0, 1, 1), features(pv=0.2, gap=0.2))
+    s = AssessmentScheduler(pedestrian_groups=False)
+    assert [g.group_id for g, _ in s.due([walkers, mixed], 0)] == ["g2"] and s.saved == 1
+    assert [g.group_id for g, _ in AssessmentScheduler(pedestrian_groups=True).due([walkers, mixed], 0)] == \
+        ["g1", "g2"]
+
+
+def test_a_pedestrian_and_a_vehicle_group_from_further_apart():
+    scene = [person(1, 0), person(2, 200), car(3, 380)]  # gaps: person-person 1.6, person-car 1.4 heights
+    assert group_detections(scene, link_factor=1.0) == []
+    (group,) = group_detections(scene, link_factor=1.0, pv_link_factor=1.5)
+    assert sorted(group.member_ids) == [2, 3]

@@ -183,7 +183,7 @@ class CaptureLoop:
         self.frames_analysed += 1
         groups = self._group_ids.assign(group_detections(
             detections, self._settings.group_link_factor, self._settings.min_group_size,
-            motion=self._motion, ts=ts))
+            motion=self._motion, ts=ts, pv_link_factor=self._settings.group_pv_link_factor))
         self._motion.observe(ts, detections)
         analysis = FrameAnalysis(self.camera_id, ts, frame.shape[1], frame.shape[0], detections, groups)
         due = self.scheduler.due(groups, ts)

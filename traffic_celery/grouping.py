@@ -52,7 +52,7 @@ def group_features(members: Sequence[Detection], motion: Optional[Motion] = None
         for b in members[i + 1:]:
             gap = relative_gap(a, b)
             min_gap = min(min_gap, gap)
-            if (a.is_pedestrian and b.is_vehicle) or (a.is_vehicle and b.is_pedestrian):
+            if is_pedestrian_vehicle(a, b):
                 ped_veh = min(ped_veh, gap)
             if motion is not None and (a.is_vehicle or b.is_vehicle):
                 moving = motion.approach(a, b, ts)
@@ -75,13 +75,24 @@ def union_box(members: Sequence[Detection]) -> BBox:
             max(m.bbox[2] for m in members), max(m.bbox[3] for m in members))
 
 
+def is_pedestrian_vehicle(a: Detection, b: Detection) -> bool:
+    return (a.is_pedestrian and b.is_vehicle) or (a.is_vehicle and b.is_pedestrian)
+
+
 def group_detections(detections: Sequence[Detection], link_factor: float = 1.0,
                      min_size: int = 2, id_prefix: str = "g", motion: Optional[Motion] = None,
-                     ts: float = 0.0) -> list[TrafficGroup]:
-    """Traffic groups of one frame, ordered left to right (so `groupIndex` is reproducible for a scene). With
-    the camera's `motion` (and the frame's time `ts`) the features include approach speed and time-to-contact."""
+                     ts: float = 0.0, pv_link_factor: Optional[float] = None) -> list[TrafficGroup]:
+    """Traffic groups of one frame, ordered left to right (so `groupIndex` is reproducible for a scene). A
+    pedestrian and a vehicle link up to `pv_link_factor` (default: `link_factor`), the pair that matters most.
+    With the camera's `motion` (and the frame's time `ts`) the features include approach speed and
+    time-to-contact."""
+    pv_factor = link_factor if pv_link_factor is None else pv_link_factor
+
+    def linked_pair(a: Detection, b: Detection) -> bool:
+        return relative_gap(a, b) <= (pv_factor if is_pedestrian_vehicle(a, b) else link_factor)
+
     linked = [(i, j) for i in range(len(detections)) for j in range(i + 1, len(detections))
-              if relative_gap(detections[i], detections[j]) <= link_factor]
+              if linked_pair(detections[i], detections[j])]
     comps = [c for c in _components(len(detections), linked) if len(c) >= min_size]
     member_lists = [[detections[i] for i in sorted(c, key=lambda k: detections[k].bbox[0])] for c in comps]
     member_lists.sort(key=lambda ms: (union_box(ms)[0], union_box(ms)[1]))

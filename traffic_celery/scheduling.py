@@ -10,6 +10,9 @@ last assessment. A group in a frame is assessed when:
   time-to-contact shrank by `worsen_ratio`;
 - `reassess`: nothing changed for `reassess_interval` seconds.
 
+Groups without a vehicle (people walking together) are not traffic situations: they are never asked about
+unless `pedestrian_groups` is on (`TC_ASSESS_PEDESTRIAN_GROUPS`).
+
 Except for a new group, two assessments of one group are at least `min_interval` apart, so tracks that flicker do
 not turn into a call per frame. Every group of a frame that is not assessed counts as a call saved, against the
 old policy of one call per group per sampled frame.
@@ -62,11 +65,12 @@ class AssessmentScheduler:
     """Picks the groups of a frame to assess, and counts calls made (per reason) and saved."""
 
     def __init__(self, reassess_interval: float = 30.0, min_interval: float = 2.0, worsen_ratio: float = 0.3,
-                 ttc_horizon: float = 5.0):
+                 ttc_horizon: float = 5.0, pedestrian_groups: bool = True):
         self.reassess_interval = reassess_interval
         self.min_interval = min_interval
         self.worsen_ratio = worsen_ratio
         self.ttc_horizon = ttc_horizon
+        self.pedestrian_groups = pedestrian_groups
         self._memory: dict[str, _Assessed] = {}
         self.calls: Counter[str] = Counter()
         self.saved = 0
@@ -74,10 +78,12 @@ class AssessmentScheduler:
     @classmethod
     def from_settings(cls, settings: Settings) -> "AssessmentScheduler":
         return cls(settings.reassess_interval, settings.assess_min_interval, settings.assess_worsen_ratio,
-                   settings.assess_ttc_horizon)
+                   settings.assess_ttc_horizon, settings.assess_pedestrian_groups)
 
     def reason(self, group: TrafficGroup, now: float) -> Optional[str]:
         """Why `group` is due at `now`, or None if it is not."""
+        if not self.pedestrian_groups and not any(m.is_vehicle for m in group.members):
+            return None
         last = self._memory.get(group.group_id)
         if last is None:
             return APPEARED

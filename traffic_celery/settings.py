@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     group_link_factor: float = Field(
         1.0, gt=0, le=10, description="Two objects are in one group when the gap between their boxes is at most "
         "this many times the smaller object's height (so grouping does not depend on resolution).")
+    group_pv_link_factor: float = Field(
+        1.5, gt=0, le=10, description="The same for a pedestrian and a vehicle, the pair that matters most: they "
+        "group from further apart.")
+    assess_pedestrian_groups: bool = Field(
+        False, description="Also send groups without any vehicle (people walking together) to the LLM; off: "
+        "they are shown, and counted as calls saved.")
     min_group_size: int = Field(2, ge=1, le=50, description="Objects needed to form a traffic group.")
     reassess_interval: float = Field(
         30.0, gt=0, description="A group whose members and features stay the same is assessed again after this "
