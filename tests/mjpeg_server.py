@@ -1,7 +1,8 @@
 """A real HTTP MJPEG camera for tests: serves JPEG frames as multipart/x-mixed-replace on a loopback port.
 
 `stop()` closes the listening socket and every open stream (a camera that dies); `start()` again on the same
-port (a camera that comes back). `stall=True` accepts connections and never answers (a hung camera).
+port (a camera that comes back); `paused` set: open streams stay open but send nothing (a camera that stalls).
+:class:`StalledServer` accepts connections and never answers (a camera that hangs while opening).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class MjpegServer:
         self.connections = 0
         self._server: Optional[_Server] = None
         self._stopping = threading.Event()
+        self.paused = threading.Event()
 
     @classmethod
     def from_video(cls, path: str, count: int = 100, fps: float = 10.0) -> "MjpegServer":
@@ -57,6 +59,9 @@ class MjpegServer:
                 i = 0
                 try:
                     while not stopping.is_set():
+                        if owner.paused.is_set():
+                            stopping.wait(0.05)
+                            continue
                         jpeg = owner.frames[i % len(owner.frames)]
                         i += 1
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"

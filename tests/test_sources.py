@@ -135,3 +135,21 @@ def test_a_file_keeps_its_own_timeline_across_loops(numbered_video):
         assert positions == [round(0.1 * i, 2) for i in range(45)]
     finally:
         source.stop()
+
+
+def test_a_stream_that_stalls_without_closing_counts_as_lost_after_the_read_timeout(sample_video):
+    server = MjpegServer.from_video(str(sample_video), count=10).start()
+    states = States()
+    source = FrameSource(server.url, SourceOptions(open_timeout=2, read_timeout=1.5, reconnect_initial=0.2,
+                                                   reconnect_max=0.5), states).start()
+    try:
+        wait_for(lambda: states.has(ONLINE), 10, "online")
+        server.paused.set()
+        paused_at = time.monotonic()
+        wait_for(lambda: states.has(RECONNECTING, "stream lost"), 10, "the stall to be noticed")
+        assert 1.0 < time.monotonic() - paused_at < 6
+        server.paused.clear()
+        wait_for(lambda: states.seen[-1][0] == ONLINE and server.connections >= 2, 10, "back online")
+    finally:
+        source.stop()
+        server.stop()

@@ -16,6 +16,11 @@ import pytest
     (json.dumps({"type": "start_stream", "data": {"cameraId": None, "rtspUrl": "x.avi"}}), "invalid_camera_id"),
     (json.dumps({"type": "start_stream", "data": {"cameraId": 7}}), "invalid_url"),
     (json.dumps({"type": "stop_stream", "data": {"cameraId": "never-started"}}), "camera_not_running"),
+    (json.dumps({"type": "start_stream", "data": {"cameraId": 7, "rtspUrl": "x.avi", "frameInterval": "fast"}}),
+     "invalid_frame_interval"),
+    (json.dumps({"type": "start_stream", "data": {"cameraId": 7, "rtspUrl": "x.avi", "frameInterval": 0}}),
+     "invalid_frame_interval"),
+    (json.dumps({"type": "check_camera", "data": {"cameraId": 7, "rtspUrl": ""}}), "invalid_url"),
 ])
 def test_bad_message_yields_error_and_socket_stays_open(web, ws_factory, raw, code):
     client = ws_factory(web)
