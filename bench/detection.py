@@ -1,8 +1,8 @@
 """Capture and detection numbers on the sample video, against bare `model.predict` on the same frames.
 
 The frames are every 5th frame of the sample video (10 fps, so one frame every 0.5 s: a camera sampled at 2 fps),
-written to a temporary video file. Measured in one command, interleaved (bare, pipeline, bare) because the
-machine is noisy:
+written to a temporary video file. Measured in one command, interleaved (bare, pipeline, bare, pipeline, bare)
+because the machine is noisy:
 
 - `predict_fps`: ultralytics `model.predict` on those frames, already decoded in memory, nothing else;
 - `pipeline_fps`: the whole path of a real :class:`CaptureLoop` on that file (`file_pace=fast`, every frame
@@ -125,8 +125,9 @@ def sustain(settings: Settings, detector: Detector, cameras: int, seconds: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=120, help="frames at 2 fps (120: one minute of video)")
+    parser.add_argument("--rounds", type=int, default=2, help="capture-path runs, each between two bare runs")
     parser.add_argument("--sustain", default="auto", help="camera counts to run at 2 fps at once, e.g. 6,8 "
-                        "(auto: the estimate for this machine's cores and two more; none: skip)")
+                        "(auto: the estimate for one core, and for all cores; none: skip)")
     parser.add_argument("--sustain-seconds", type=float, default=20)
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args()
@@ -144,17 +145,22 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             video = Path(tmp) / "every-5th.avi"
             write_video(frames, video)
-            print(f"{len(frames)} frames; bare predict…", file=sys.stderr)
-            bare = [predict_fps(detector, frames)]
-            print("pipeline…", file=sys.stderr)
-            pipeline = run_pipeline(settings, detector, video)
-            print("bare predict again, then two frames per predict…", file=sys.stderr)
+            bare, runs = [], []
+            for round_ in range(args.rounds):  # bare, pipeline, bare, pipeline, ..., bare: drift hits both
+                print(f"round {round_ + 1}/{args.rounds}: bare predict, then the capture path…", file=sys.stderr)
+                bare.append(predict_fps(detector, frames))
+                runs.append(run_pipeline(settings, detector, video))
             bare.append(predict_fps(detector, frames))
+            pipeline = {**runs[-1], "pipeline_fps": sum(r["pipeline_fps"] for r in runs) / len(runs),
+                        "pipeline_fps_runs": [r["pipeline_fps"] for r in runs],
+                        "pipeline_fps_with_start": sum(r["pipeline_fps_with_start"] for r in runs) / len(runs),
+                        "cpu_per_frame_s": sum(r["cpu_per_frame_s"] for r in runs) / len(runs)}
+            print("two frames per predict…", file=sys.stderr)
             batch2 = predict_fps(detector, frames, batch=2)
         per_core = 1.0 / (2.0 * pipeline["cpu_per_frame_s"])
         cores = os.cpu_count() or 1
-        if args.sustain == "auto":
-            counts = [int(per_core * cores), int(per_core * cores) + 2]
+        if args.sustain == "auto":  # one process is one core here (the model runs on one thread)
+            counts = [int(per_core), int(per_core) * cores]
         else:
             counts = [] if args.sustain == "none" else [int(n) for n in args.sustain.split(",")]
         sustained = []
