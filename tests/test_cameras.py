@@ -80,7 +80,7 @@ def test_two_viewers_on_two_web_processes_share_one_capture_loop(web, system_env
         second.stop()
 
 
-def test_bad_url_fails_alone_and_leaves_the_registry(web, ws_factory, sample_video, tmp_path):
+def test_bad_url_fails_alone_and_is_listed_stopped_with_its_error(web, ws_factory, sample_video, tmp_path):
     client = ws_factory(web)
     client.send("start_stream", {"cameraId": "good", "rtspUrl": str(sample_video)})
     client.wait(frame_of("good"), 60, "the good camera's frames")
@@ -89,8 +89,13 @@ def test_bad_url_fails_alone_and_leaves_the_registry(web, ws_factory, sample_vid
     assert status["data"]["state"] == "offline" and "cannot open camera source" in status["data"]["message"]
     error = client.wait(lambda m: m["type"] == "error", 10, "the error event")
     assert error["data"]["code"] == "camera_failed" and error["data"]["cameraId"] == "bad"
-    wait_for(lambda: [c["cameraId"] for c in requests.get(web + "/api/cameras", timeout=5).json()] == ["good"],
-             10, "the bad camera to leave the registry")
+
+    def listed() -> dict:
+        return {c["cameraId"]: c for c in requests.get(web + "/api/cameras", timeout=5).json()}
+
+    bad = wait_for(lambda: not listed()["bad"]["enabled"] and listed()["bad"], 10, "the bad camera stopped")
+    assert bad["state"] == "offline" and "cannot open camera source" in bad["message"] and bad["node"] is None
+    assert listed()["good"]["enabled"] and listed()["good"]["state"] == "online"
     after = client.wait(frame_of("good"), 30, "the good camera still running")
     assert after["data"]["timestamp"] > status["data"].get("timestamp", 0)
 

@@ -5,8 +5,9 @@ Every node (the web process by default, and any `python -m workers.capture` proc
 supervisor thread that, every `capture_heartbeat` seconds and at once when the registry changes
 (`tc:cameras:control`):
 
-1. stops the loops of cameras that left the registry or changed source, and lets go of cameras whose source is
-   over for good (a file that ended, a URL that never opened: they leave the registry);
+1. stops the loops of cameras that left the registry, were stopped (`enabled` false) or changed source, and
+   lets go of cameras whose source is over for good (a file that ended, a URL that never opened: they are
+   marked stopped, and keep their last status and message);
 2. renews its leases (`tc:camera:<id>:owner`, TTL `capture_lease_ttl`); a camera whose lease another node holds
    is stopped here;
 3. claims cameras nobody holds (a new camera, or one whose node died and let its lease expire), up to
@@ -107,12 +108,15 @@ class CaptureNode:
                 if config is None:
                     self._let_go(cid, "removed from the registry")
                     self.registry.forget_status(cid)
+                elif not config.enabled:
+                    self._let_go(cid, "stopped")
                 elif not config.same_source(loop.config):
                     self._let_go(cid, "its source changed", release=False)
+                    self._start_loop(config)  # the lease is still ours
                 elif loop.done.is_set():
                     self._let_go(cid, loop.ended or loop.failed or "its loop ended")
                     if loop.ended is not None:
-                        self.registry.remove_if(loop.config)
+                        self.registry.disable_if(loop.config)
                     else:
                         self._retry_at[cid] = now + RETRY_FAILED_AFTER
             for cid, held in self.registry.renew(list(self._loops), self.node_id,
@@ -120,7 +124,7 @@ class CaptureNode:
                 if not held:
                     self._let_go(cid, "another capture node holds it", release=False)
             for cid, config in sorted(configs.items()):
-                if cid in self._loops or self._retry_at.get(cid, 0.0) > now:
+                if not config.enabled or cid in self._loops or self._retry_at.get(cid, 0.0) > now:
                     continue
                 if len(self._loops) >= self._settings.capture_max_cameras:
                     break

@@ -58,7 +58,7 @@ def crop(frame: np.ndarray, bbox: tuple[float, float, float, float], pad: float 
 
 class CaptureLoop:
     """The loop thread of one camera. `stop()` ends it; `done` is set when it has ended for any reason, with
-    `ended` (the source is over for good: the camera should leave the registry) or `failed` (a fault of this
+    `ended` (the source is over for good: the camera is marked stopped) or `failed` (a fault of this
     process, for example the model: the node may try again) saying why."""
 
     def __init__(self, config: CameraConfig, settings: Settings, r: redis.Redis,

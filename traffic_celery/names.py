@@ -18,6 +18,11 @@ def image_key(image_id: str) -> str:
     return f"tc:img:{image_id}"
 
 
+def snapshot_key(task_id: str) -> str:
+    """An alert's copy of its crop, kept longer than the crop itself."""
+    return f"tc:snap:{task_id}"
+
+
 def latest_key(camera_id: str) -> str:
     return f"tc:camera:{camera_id}:latest"
 

@@ -32,6 +32,7 @@ class CameraConfig(BaseModel):
     camera_id: str = Field(alias="cameraId")
     url: str
     frame_interval: Optional[float] = Field(None, alias="frameInterval", gt=0, le=60)
+    enabled: bool = True  # false: registered but stopped (by an operator, or because its source is over)
     verified: bool = False  # the source has opened once: later open failures are retried, not final
     added_at: float = Field(default_factory=time.time, alias="addedAt")
 
@@ -73,13 +74,31 @@ class CameraRegistry:
 
     # --- configs (the web tier) -------------------------------------------------------------------------------
     def put(self, config: CameraConfig) -> Optional[CameraConfig]:
-        """Register (or change) a camera; returns the previous config. Same source: kept as it was."""
+        """Register (or change) a camera; returns the previous config. Same source and state: kept as it was
+        (a camera that worked stays `verified`)."""
         previous = self.get(config.camera_id)
         if previous is not None and previous.same_source(config):
-            return previous
+            if previous.enabled == config.enabled:
+                return previous
+            config = previous.model_copy(update={"enabled": config.enabled})
         self._redis.hset(names.CAMERAS, config.camera_id, config.to_json())
         self.notify()
         return previous
+
+    def set_enabled(self, camera_id: str, enabled: bool,
+                    stopped_message: Optional[str] = "stopped by an operator") -> Optional[CameraConfig]:
+        """Start or stop a registered camera; returns its config as it was, None if it is not registered. A stop
+        records state `stopped` with `stopped_message` (None: keep the last status, e.g. a failure's)."""
+        current = self.get(camera_id)
+        if current is not None and current.enabled != enabled:
+            pipe = self._redis.pipeline()
+            pipe.hset(names.CAMERAS, camera_id, current.model_copy(update={"enabled": enabled}).to_json())
+            if not enabled and stopped_message is not None:  # whether or not a node runs it now
+                pipe.hset(names.status_key(camera_id), mapping={"state": "stopped", "message": stopped_message,
+                                                                "since": time.time()})
+            pipe.execute()
+            self.notify()
+        return current
 
     def remove(self, camera_id: str) -> bool:
         removed = bool(self._redis.hdel(names.CAMERAS, camera_id))
@@ -87,10 +106,13 @@ class CameraRegistry:
             self.notify()
         return removed
 
-    def remove_if(self, config: CameraConfig) -> bool:
-        """Remove the camera only if it still has this source (an operator may have changed it meanwhile)."""
+    def disable_if(self, config: CameraConfig) -> bool:
+        """Stop the camera only if it still has this source (an operator may have changed it meanwhile)."""
         current = self.get(config.camera_id)
-        return current is not None and current.same_source(config) and self.remove(config.camera_id)
+        if current is None or not current.same_source(config):
+            return False
+        self.set_enabled(config.camera_id, False, stopped_message=None)
+        return True
 
     def mark_verified(self, config: CameraConfig) -> None:
         current = self.get(config.camera_id)
@@ -146,10 +168,10 @@ class CameraRegistry:
             pipe.hset(names.status_key(camera_id), mapping={k: json.dumps(v) for k, v in values.items()})
         pipe.execute()
 
-    def describe(self) -> list[dict[str, Any]]:
-        """Every registered camera with its owner and last status, for the API."""
+    def describe(self, camera_ids: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+        """Registered cameras (all, or those of `camera_ids` that exist) with owner and last status, for the API."""
         configs = self.all()
-        ids = sorted(configs)
+        ids = sorted(configs) if camera_ids is None else [c for c in camera_ids if c in configs]
         pipe = self._redis.pipeline(transaction=False)
         for cid in ids:
             pipe.get(names.owner_key(cid))
@@ -158,10 +180,12 @@ class CameraRegistry:
         cameras = []
         for i, cid in enumerate(ids):
             owner, status = replies[2 * i], {k.decode(): v.decode() for k, v in replies[2 * i + 1].items()}
-            entry: dict[str, Any] = {"cameraId": cid, "url": configs[cid].url,
-                                     "frameInterval": configs[cid].frame_interval,
-                                     "node": owner.decode() if owner else None,
-                                     "state": status.get("state", "starting"), "message": status.get("message", "")}
+            config = configs[cid]
+            default_state = "starting" if config.enabled else "stopped"
+            entry: dict[str, Any] = {"cameraId": cid, "url": config.url, "frameInterval": config.frame_interval,
+                                     "enabled": config.enabled, "node": owner.decode() if owner else None,
+                                     "state": status.get("state", default_state),
+                                     "message": status.get("message", "")}
             for key in ("framesAnalysed", "tasksEnqueued", "reconnects"):
                 if key in status:
                     entry[key] = json.loads(status[key])

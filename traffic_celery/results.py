@@ -46,6 +46,8 @@ def load_image(r: redis.Redis, key: str) -> Optional[bytes]:
 # Atomic: a task's assessment is stored and published once, however often its callback is delivered.
 _STORE_ONCE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 86400) == false then return 0 end
+local crop = redis.call('GET', KEYS[5])
+if crop then redis.call('SET', KEYS[6], crop, 'EX', tonumber(ARGV[5])) end
 redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[3]))
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', tonumber(ARGV[4]), '*', 'assessment', ARGV[1])
 redis.call('PUBLISH', KEYS[4], ARGV[2])
@@ -53,16 +55,36 @@ return 1
 """
 
 
-def store_assessment(r: redis.Redis, assessment: dict[str, Any]) -> bool:
-    """Keep the camera's latest assessment (TTL), append it to its capped alert history and publish
-    `risk_assessment`, all in one atomic step, once per task id. False if it was done already."""
+def store_assessment(r: redis.Redis, assessment: dict[str, Any], snapshot_ttl: int = 7 * 86400) -> bool:
+    """Keep the camera's latest assessment (TTL), append it to its capped alert history, keep a copy of its crop
+    as the alert's snapshot (`tc:snap:<task id>`, `snapshot_ttl`) and publish `risk_assessment`, all in one
+    atomic step, once per task id. False if it was done already."""
     camera_id = assessment["cameraId"]
     payload = json.dumps(assessment, separators=(",", ":"))
     keys = [f"tc:done:{assessment['taskId']}", names.latest_key(camera_id), names.alerts_key(camera_id),
-            names.events_channel(camera_id)]
+            names.events_channel(camera_id), assessment.get("imageKey") or "tc:img:none",
+            names.snapshot_key(assessment["taskId"])]
     done = r.eval(_STORE_ONCE, len(keys), *keys, payload, event("risk_assessment", assessment), LATEST_TTL,
-                  ALERTS_MAXLEN)
+                  ALERTS_MAXLEN, snapshot_ttl)
     return bool(done)
+
+
+def alert_history(r: redis.Redis, camera_id: str, limit: int = 20,
+                  before: Optional[str] = None) -> tuple[list[dict[str, Any]], Optional[str]]:
+    """A page of the camera's alerts, newest first, each with its stream id as `alertId`; and the `before`
+    cursor of the next page (None at the end)."""
+    end = f"({before}" if before else "+"
+    rows = r.xrevrange(names.alerts_key(camera_id), max=end, min="-", count=limit + 1)
+    items = []
+    for stream_id, fields in rows[:limit]:
+        item = json.loads(fields[b"assessment"])
+        item["alertId"] = stream_id.decode()
+        items.append(item)
+    return items, (items[-1]["alertId"] if len(rows) > limit else None)
+
+
+def snapshot(r: redis.Redis, task_id: str) -> Optional[bytes]:
+    return r.get(names.snapshot_key(task_id))
 
 
 def latest_assessment(r: redis.Redis, camera_id: str) -> Optional[dict[str, Any]]:

@@ -48,9 +48,12 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
                                         cameras=CameraRegistry(r), node=node, keys=pool, router=router,
                                         metrics=registry)
 
-    from . import routes, ws
+    from . import cameras_api, errors, openapi, routes, ws
 
+    errors.install(app)
     app.register_blueprint(routes.bp)
+    app.register_blueprint(cameras_api.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(ws.bp)
     sock.init_app(app)
     return app

@@ -1,4 +1,4 @@
-"""REST routes and the page. Issue 5 grows this into the full API; here: the page, health, cameras, latest."""
+"""The page, health, keys, assessment stats and metrics. Cameras are in `cameras_api.py`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from traffic_celery import names, results
 from traffic_celery.metrics import assessment_stats, key_stats
 
 from .runtime import runtime
@@ -35,25 +34,6 @@ def health():
     if error:
         body["error"] = error
     return jsonify(body), 200 if redis_ok else 503
-
-
-@bp.get("/api/cameras")
-def cameras():
-    rt = runtime(current_app)
-    try:
-        return jsonify(rt.cameras.describe())
-    except redis.RedisError as exc:
-        return jsonify(error=f"Redis unreachable ({exc}); check TC_REDIS_URL"), 503
-
-
-@bp.get("/api/cameras/<camera_id>/latest")
-def latest(camera_id: str):
-    if not names.CAMERA_ID_RE.match(camera_id):
-        return jsonify(error="cameraId must be letters, digits, '-' or '_'", field="cameraId"), 400
-    found = results.latest_assessment(runtime(current_app).redis, camera_id)
-    if found is None:
-        return jsonify(error=f"no assessment for camera {camera_id} yet", field="cameraId"), 404
-    return jsonify(found)
 
 
 @bp.get("/api/keys")

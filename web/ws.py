@@ -76,13 +76,14 @@ def _start_stream(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
     config = CameraConfig(camera_id=camera_id, url=url, frame_interval=_frame_interval(data, camera_id))
     client.cameras.add(camera_id)  # subscribe first, so the camera's first status reaches this client
     previous = rt.cameras.put(config)  # the capture node holding (or claiming) the camera does the rest
-    if previous is not None and previous.same_source(config):
+    if previous is not None and previous.same_source(config) and previous.enabled:
         _current_status(rt, client, camera_id, "already running; subscribed")
 
 
 def _stop_stream(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
     camera_id = _camera_id(data)
-    if not rt.cameras.remove(camera_id):
+    was = rt.cameras.set_enabled(camera_id, False)  # stays registered (stopped), so the grid still lists it
+    if was is None or not was.enabled:
         raise ProtocolError("camera_not_running", f"camera {camera_id} is not running", camera_id)
     results.publish(rt.redis, camera_id, "stream_stopped",
                     {"cameraId": camera_id, "reason": "stopped by an operator"})

@@ -11,9 +11,11 @@ from typing import Any
 
 from traffic_celery import results
 from workers.celery_app import app
+from traffic_celery.settings import get_settings
 from workers.context import redis_client
 
 
 @app.task(acks_late=True)
 def on_assessment(assessment: dict[str, Any]) -> None:
-    results.store_assessment(redis_client(), {**assessment, "assessedAt": time.time()})
+    results.store_assessment(redis_client(), {**assessment, "assessedAt": time.time()},
+                             snapshot_ttl=get_settings().snapshot_ttl)

@@ -1,0 +1,209 @@
+"""REST for cameras: list, add, change, remove, start, stop, status, latest assessment, alert history and snapshots.
+
+Everything goes through the camera registry in Redis (`traffic_celery.registry`); the capture nodes do the rest,
+so any web process answers for any camera. Bodies are validated by pydantic models, which also give the OpenAPI
+schemas; a bad request is `400 {"error": ..., "field": ...}`, an unknown camera `404`, an existing one `409`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, Union
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError,
+                      field_validator)
+
+from traffic_celery import names, results
+from traffic_celery.registry import CameraConfig
+
+from .errors import ApiError
+from .runtime import runtime
+
+bp = Blueprint("cameras_api", __name__, url_prefix="/api/cameras")
+
+Seconds = Optional[Union[StrictInt, StrictFloat]]
+
+
+class CameraCreate(BaseModel):
+    """A camera to add (and start, unless `enabled` is false)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cameraId: Union[StrictInt, StrictStr] = Field(description="a number or a name: letters, digits, '-', '_'")
+
+    @field_validator("cameraId", mode="before")
+    @classmethod
+    def _camera_id(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not names.CAMERA_ID_RE.match(str(value)):
+            raise ValueError("must be a number or a name of letters, digits, '-' or '_' (1-64 characters)")
+        return value
+    url: StrictStr = Field(min_length=1, max_length=2048,
+                           description="rtsp:// or http(s):// URL, a file path, or a webcam index")
+    frameInterval: Seconds = Field(None, gt=0, le=60, description="seconds between analysed frames")
+    enabled: StrictBool = True
+
+
+class CameraChange(BaseModel):
+    """Fields to change; a running camera restarts on its new source."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: Optional[StrictStr] = Field(None, min_length=1, max_length=2048)
+    frameInterval: Seconds = Field(None, gt=0, le=60)
+    enabled: Optional[StrictBool] = None
+
+
+def parse(model: type[BaseModel]) -> Any:
+    raw = request.get_data(cache=False)  # raises 413 beyond MAX_CONTENT_LENGTH
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object (Content-Type: application/json)")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else None  # top-level field (a union adds its member's name)
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = f"unknown field; allowed: {sorted(model.model_fields)}"
+        raise ApiError(400, f"{field}: {message}" if field else message, field) from None
+
+
+def camera_id_of(raw: Any) -> str:
+    camera_id = str(raw)
+    if not names.CAMERA_ID_RE.match(camera_id):
+        raise ApiError(400, "cameraId must be a number or a name of letters, digits, '-' or '_' (1-64 characters)",
+                       "cameraId")
+    return camera_id
+
+
+def entry(camera_id: str) -> dict[str, Any]:
+    found = runtime(current_app).cameras.describe([camera_id_of(camera_id)])
+    if not found:
+        raise ApiError(404, f"no camera {camera_id}; add it with POST /api/cameras", "cameraId")
+    return found[0]
+
+
+def _stopped(camera_id: str, reason: str) -> None:
+    results.publish(runtime(current_app).redis, camera_id, "stream_stopped", {"cameraId": camera_id,
+                                                                           "reason": reason})
+
+
+@bp.get("")
+def list_cameras():
+    return jsonify(runtime(current_app).cameras.describe())
+
+
+@bp.post("")
+def add_camera():
+    body: CameraCreate = parse(CameraCreate)
+    camera_id = camera_id_of(body.cameraId)
+    registry = runtime(current_app).cameras
+    if registry.get(camera_id) is not None:
+        raise ApiError(409, f"camera {camera_id} exists; change it with PATCH /api/cameras/{camera_id}",
+                       "cameraId")
+    registry.put(CameraConfig(camera_id=camera_id, url=body.url.strip(), frame_interval=body.frameInterval,
+                              enabled=body.enabled))
+    return jsonify(entry(camera_id)), 201
+
+
+@bp.get("/<camera_id>")
+def get_camera(camera_id: str):
+    return jsonify(entry(camera_id))
+
+
+@bp.get("/<camera_id>/status")
+def camera_status(camera_id: str):
+    found = entry(camera_id)
+    return jsonify({k: found.get(k) for k in ("cameraId", "enabled", "state", "message", "node", "framesAnalysed",
+                                              "tasksEnqueued", "reconnects")})
+
+
+@bp.patch("/<camera_id>")
+def change_camera(camera_id: str):
+    body: CameraChange = parse(CameraChange)
+    registry = runtime(current_app).cameras
+    current = registry.get(camera_id_of(camera_id))
+    if current is None:
+        raise ApiError(404, f"no camera {camera_id}; add it with POST /api/cameras", "cameraId")
+    changes = body.model_dump(exclude_unset=True)
+    update = {"url": changes.get("url", current.url).strip(),
+              "frame_interval": changes.get("frameInterval", current.frame_interval),
+              "enabled": changes.get("enabled", current.enabled)}
+    if update["url"] != current.url:
+        update["verified"] = False  # a new URL must prove itself
+    registry.put(current.model_copy(update=update))
+    if current.enabled and not update["enabled"]:
+        _stopped(camera_id, "stopped by an operator")
+    return jsonify(entry(camera_id))
+
+
+@bp.delete("/<camera_id>")
+def remove_camera(camera_id: str):
+    if not runtime(current_app).cameras.remove(camera_id_of(camera_id)):
+        raise ApiError(404, f"no camera {camera_id}", "cameraId")
+    _stopped(camera_id, "removed by an operator")
+    return Response(status=204)
+
+
+@bp.post("/<camera_id>/start")
+def start_camera(camera_id: str):
+    if runtime(current_app).cameras.set_enabled(camera_id_of(camera_id), True) is None:
+        raise ApiError(404, f"no camera {camera_id}; add it with POST /api/cameras", "cameraId")
+    return jsonify(entry(camera_id))
+
+
+@bp.post("/<camera_id>/stop")
+def stop_camera(camera_id: str):
+    was = runtime(current_app).cameras.set_enabled(camera_id_of(camera_id), False)
+    if was is None:
+        raise ApiError(404, f"no camera {camera_id}", "cameraId")
+    if was.enabled:
+        _stopped(camera_id, "stopped by an operator")
+    return jsonify(entry(camera_id))
+
+
+@bp.get("/<camera_id>/latest")
+def latest(camera_id: str):
+    found = results.latest_assessment(runtime(current_app).redis, camera_id_of(camera_id))
+    if found is None:
+        raise ApiError(404, f"no assessment for camera {camera_id} yet", "cameraId")
+    return jsonify(found)
+
+
+@bp.get("/<camera_id>/alerts")
+def alerts(camera_id: str):
+    """A page of the camera's alert history, newest first: `?limit=1..100` (20) and `?before=<alertId>`."""
+    camera_id = camera_id_of(camera_id)
+    try:
+        limit = int(request.args.get("limit", 20))
+    except ValueError:
+        raise ApiError(400, "limit must be a whole number from 1 to 100", "limit") from None
+    if not 1 <= limit <= 100:
+        raise ApiError(400, "limit must be a whole number from 1 to 100", "limit")
+    before = request.args.get("before")
+    if before is not None and not _stream_id(before):
+        raise ApiError(400, "before must be an alertId from a previous page (like 1700000000000-0)", "before")
+    items, cursor = results.alert_history(runtime(current_app).redis, camera_id, limit, before)
+    for item in items:
+        item["snapshot"] = f"/api/cameras/{camera_id}/alerts/{item['taskId']}/snapshot.jpg"
+    return jsonify({"items": items, "next": cursor})
+
+
+@bp.get("/<camera_id>/alerts/<task_id>/snapshot.jpg")
+def alert_snapshot(camera_id: str, task_id: str):
+    camera_id_of(camera_id)
+    if not names.CAMERA_ID_RE.match(task_id):
+        raise ApiError(400, "not a task id", "taskId")
+    jpeg = results.snapshot(runtime(current_app).redis, task_id)
+    if jpeg is None:
+        raise ApiError(404, f"no snapshot for alert {task_id} (expired after TC_SNAPSHOT_TTL, or never kept)",
+                       "taskId")
+    return Response(jpeg, mimetype="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+
+def _stream_id(value: str) -> bool:
+    ms, _, seq = value.partition("-")
+    return ms.isdigit() and (seq == "" or seq.isdigit())

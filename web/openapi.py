@@ -1,0 +1,82 @@
+"""The OpenAPI 3.1 description of the REST API, served at `/api/openapi.json`.
+
+Request bodies come from the same pydantic models that validate them; a test checks that every `/api/` route of
+the app is described here and nothing else, so the description cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from flask import Blueprint, jsonify
+from pydantic import BaseModel
+
+from .cameras_api import CameraChange, CameraCreate
+
+bp = Blueprint("openapi", __name__)
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+CAMERA = {"$ref": "#/components/schemas/Camera"}
+ID = [{"name": "camera_id", "in": "path", "required": True, "schema": {"type": "string",
+                                                                      "pattern": "^[A-Za-z0-9_-]{1,64}$"}}]
+
+# (method, path, summary, request model, success status, success schema)
+ROUTES: list[tuple[str, str, str, Optional[type[BaseModel]], int, dict[str, Any]]] = [
+    ("get", "/api/health", "Redis, event relay, cameras, this process's capture node", None, 200, {}),
+    ("get", "/api/keys", "API keys (masked), limits, state and counters", None, 200, {"type": "array"}),
+    ("get", "/api/assessments/stats", "LLM calls made per reason and saved", None, 200, {}),
+    ("get", "/api/cameras", "every camera with its state", None, 200, {"type": "array", "items": CAMERA}),
+    ("post", "/api/cameras", "add a camera (started unless enabled is false)", CameraCreate, 201, CAMERA),
+    ("get", "/api/cameras/{camera_id}", "one camera", None, 200, CAMERA),
+    ("patch", "/api/cameras/{camera_id}", "change url, frameInterval or enabled", CameraChange, 200, CAMERA),
+    ("delete", "/api/cameras/{camera_id}", "remove a camera", None, 204, {}),
+    ("post", "/api/cameras/{camera_id}/start", "start a camera", None, 200, CAMERA),
+    ("post", "/api/cameras/{camera_id}/stop", "stop a camera (it stays listed)", None, 200, CAMERA),
+    ("get", "/api/cameras/{camera_id}/status", "state, message, node and counters", None, 200, {}),
+    ("get", "/api/cameras/{camera_id}/latest", "the latest risk assessment", None, 200, {}),
+    ("get", "/api/cameras/{camera_id}/alerts", "alert history, newest first; ?limit=1..100&before=<alertId>",
+     None, 200, {"type": "object", "properties": {"items": {"type": "array"}, "next": {"type": ["string", "null"]}}}),
+    ("get", "/api/cameras/{camera_id}/alerts/{task_id}/snapshot.jpg", "an alert's crop (image/jpeg)", None, 200,
+     {}),
+    ("get", "/api/openapi.json", "this description", None, 200, {}),
+]
+
+
+def spec() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, model, status, schema in ROUTES:
+        params = list(ID) if "{camera_id}" in path else []
+        if "{task_id}" in path:
+            params.append({"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}})
+        op: dict[str, Any] = {"summary": summary, "parameters": params, "responses": {
+            str(status): {"description": "success", **({"content": {"application/json": {"schema": schema}}}
+                                                      if schema else {})},
+            "400": {"description": "bad input", "content": {"application/json": {"schema": ERROR}}},
+            "404": {"description": "unknown camera or route", "content": {"application/json": {"schema": ERROR}}},
+            "503": {"description": "Redis unreachable", "content": {"application/json": {"schema": ERROR}}}}}
+        if model is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        paths.setdefault(path, {})[method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "traffic_celery", "version": "1", "description": "Cameras, alerts and keys. Live "
+                 "events (detections, assessments, camera status) come over the WebSocket /ws (DESIGN.md)."},
+        "paths": paths,
+        "components": {"schemas": {
+            "CameraCreate": CameraCreate.model_json_schema(), "CameraChange": CameraChange.model_json_schema(),
+            "Error": {"type": "object", "required": ["error"], "properties": {
+                "error": {"type": "string"}, "field": {"type": ["string", "null"]}}},
+            "Camera": {"type": "object", "properties": {
+                "cameraId": {"type": "string"}, "url": {"type": "string"},
+                "frameInterval": {"type": ["number", "null"]}, "enabled": {"type": "boolean"},
+                "node": {"type": ["string", "null"]},
+                "state": {"enum": ["starting", "online", "reconnecting", "offline", "stopped"]},
+                "message": {"type": "string"}, "framesAnalysed": {"type": "integer"},
+                "tasksEnqueued": {"type": "integer"}, "reconnects": {"type": "integer"}}}}},
+    }
+
+
+@bp.get("/api/openapi.json")
+def openapi():
+    return jsonify(spec())
