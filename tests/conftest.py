@@ -194,8 +194,8 @@ def web(system_env, worker, log_dir) -> Iterator[str]:
 class WsClient:
     """A real WebSocket client with helpers that wait for a message with a deadline."""
 
-    def __init__(self, base_url: str):
-        self.ws = websocket.create_connection(base_url.replace("http://", "ws://") + "/ws", timeout=5)
+    def __init__(self, base_url: str, path: str = "/ws"):
+        self.ws = websocket.create_connection(base_url.replace("http://", "ws://") + path, timeout=5)
         self.seen: list[dict[str, Any]] = []
 
     def send(self, type_: str, data: Optional[dict[str, Any]] = None) -> None:

@@ -128,9 +128,11 @@ def main(argv: list[str]) -> int:
             children.append(Child(name, procfile[name], env, log))
             logger.info("started %s (pid %d): %s", name, children[-1].process.pid, procfile[name])
         if "web" in wanted:
-            url = f"http://{settings.web_host}:{settings.web_port}/"
+            host = settings.web_host if settings.api_token else "127.0.0.1"  # web/auth.py: loopback without token
+            url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{settings.web_port}/"
             wait_ready(url + "api/health", children, args.ready_timeout)
-            print(f"traffic_celery is running: open {url}  (Redis {redis_url}; Ctrl-C stops everything)",
+            hint = "?token=<your TC_API_TOKEN>" if settings.api_token else ""
+            print(f"traffic_celery is running: open {url}{hint}  (Redis {redis_url}; Ctrl-C stops everything)",
                   flush=True)
         while not stop.wait(0.5):
             dead = [c for c in children if c.process.poll() is not None]

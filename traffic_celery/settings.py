@@ -10,7 +10,7 @@ import functools
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,11 @@ class Settings(BaseSettings):
     max_reroutes: int = Field(20, ge=1, description="Moves of one task between keys before it is dead-lettered.")
 
     # --- Processes ------------------------------------------------------------------------------------------
-    web_host: str = Field("127.0.0.1", description="Address the web tier binds.")
+    web_host: str = Field("127.0.0.1", description="Address the web tier binds (without TC_API_TOKEN, loopback "
+                          "only: another address is replaced by 127.0.0.1, with a warning).")
+    api_token: Optional[SecretStr] = Field(None, min_length=16, description="Token for REST (Authorization: "
+                                           "Bearer), /metrics and the WebSocket (?token=); unset: no auth, "
+                                           "loopback only.")
     web_port: int = Field(8000, ge=0, le=65535)
     provider_host: str = Field("127.0.0.1", description="Address the fake LLM provider binds.")
     provider_port: int = Field(8808, ge=0, le=65535)

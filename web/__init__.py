@@ -48,9 +48,10 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
                                         cameras=CameraRegistry(r), node=node, keys=pool, router=router,
                                         metrics=registry)
 
-    from . import cameras_api, errors, openapi, routes, ws
+    from . import auth, cameras_api, errors, openapi, routes, ws
 
     errors.install(app)
+    auth.install(app, settings)
     app.register_blueprint(routes.bp)
     app.register_blueprint(cameras_api.bp)
     app.register_blueprint(openapi.bp)

@@ -15,6 +15,7 @@ from traffic_celery.logs import setup_logging
 from traffic_celery.settings import get_settings
 
 from . import create_app
+from .auth import bind_address
 from .runtime import runtime
 
 logger = logging.getLogger("web")
@@ -24,7 +25,8 @@ def main() -> None:
     settings = get_settings()
     setup_logging(settings, "web")
     app = create_app(settings)
-    server = make_server(settings.web_host, settings.web_port, app, threaded=True)
+    host = bind_address(settings)
+    server = make_server(host, settings.web_port, app, threaded=True)
     stopping = threading.Event()
 
     def shutdown(*_args) -> None:
@@ -34,7 +36,8 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    logger.info("web tier listening on http://%s:%d/", settings.web_host, server.server_port)
+    logger.info("web tier listening on http://%s:%d/%s", host, server.server_port,
+                "" if settings.api_token is None else " (token required)")
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

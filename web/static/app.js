@@ -14,8 +14,19 @@ function send(type, data = {}) {
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type, data }));
 }
 
+// With TC_API_TOKEN set on the server, open the page once as /?token=...: the token is kept in this browser
+// (localStorage) and removed from the address bar.
+const params = new URLSearchParams(location.search);
+if (params.get("token")) {
+  localStorage.setItem("tcToken", params.get("token"));
+  params.delete("token");
+  history.replaceState(null, "", location.pathname + (params.toString() ? `?${params}` : ""));
+}
+const token = localStorage.getItem("tcToken");
+
 function connect() {
-  ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws${query}`);
   ws.onopen = () => { retry = 500; setConn(true); };
   ws.onclose = () => { setConn(false); setTimeout(connect, retry); retry = Math.min(retry * 2, 8000); };
   ws.onmessage = (ev) => {
