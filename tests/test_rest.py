@@ -119,3 +119,31 @@ def test_openapi_describes_every_api_route_and_nothing_else(web, redis_server):
     described = {(method, path) for path, ops in spec["paths"].items() for method in ops}
     assert described == routes
     assert spec["components"]["schemas"]["CameraCreate"]["required"] == ["cameraId", "url"]
+
+
+def test_health_sees_redis_broker_workers_and_provider(web):
+    body = api(web, "GET", "/api/health").json()
+    assert body["status"] == "ok" and body["redis"] and body["broker"]["ok"]
+    assert any(name.startswith("test-worker@") for name in body["workers"]["seen"])
+    assert body["providers"]["ok"] and body["providers"]["endpoints"][0]["reachable"]
+
+
+def test_health_says_what_is_missing(system_env, log_dir):
+    from traffic_celery.embedded_redis import free_port
+
+    from .conftest import start_web
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    proc, url = start_web({**system_env, "TC_LLM_BASE_URL": dead, "TC_CAPTURE_IN_WEB": "false",
+                           "TC_REDIS_URL": system_env["TC_REDIS_URL"].rsplit("/", 1)[0] + "/3"}, log_dir,
+                          "web-degraded")
+    try:
+        r = api(url, "GET", "/api/health")
+        body = r.json()
+        assert r.status_code == 200 and body["status"] == "degraded" and body["redis"]
+        assert not body["workers"]["ok"] and "python -m workers" in body["workers"]["error"]  # none on db 3
+        (endpoint,) = body["providers"]["endpoints"]
+        assert endpoint["baseUrl"] == dead and not endpoint["reachable"]
+        assert "TC_LLM_BASE_URL" in endpoint["message"]
+    finally:
+        proc.stop()

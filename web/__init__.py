@@ -18,6 +18,7 @@ from traffic_celery.redis_conn import connect
 from traffic_celery.registry import CameraRegistry
 from traffic_celery.settings import Settings, get_settings
 
+from .health import DeepHealth
 from .hub import EventHub
 from .runtime import EXTENSION, Runtime
 from .sock import sock
@@ -40,13 +41,13 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     registry = CollectorRegistry()
     registry.register(KeyPoolCollector(pool, router.limiter, router))
     registry.register(AssessmentCollector(r))
+    celery = make_app(settings)
     node = None
     if settings.capture_in_web:
-        node = CaptureNode(settings, r, lambda: shared_detector(settings),
-                           Dispatcher(make_app(settings), router)).start()
+        node = CaptureNode(settings, r, lambda: shared_detector(settings), Dispatcher(celery, router)).start()
     app.extensions[EXTENSION] = Runtime(settings=settings, redis=r, hub=EventHub(settings),
                                         cameras=CameraRegistry(r), node=node, keys=pool, router=router,
-                                        metrics=registry)
+                                        metrics=registry, health=DeepHealth(settings, celery, pool))
 
     from . import auth, cameras_api, errors, openapi, routes, ws
 

@@ -28,8 +28,11 @@ def health():
         error = None
     except redis.RedisError as exc:
         redis_ok, error = False, f"Redis unreachable ({exc}); check TC_REDIS_URL"
-    body = {"status": "ok" if redis_ok else "degraded", "redis": redis_ok, "eventRelay": rt.hub.ready.is_set(),
-            "cameras": cameras_registered, "captureNode": rt.node.node_id if rt.node else None,
+    deep = rt.health.check()
+    healthy = redis_ok and all(part["ok"] for part in deep.values())
+    body = {"status": "ok" if healthy else "degraded", "redis": redis_ok, **deep,
+            "eventRelay": rt.hub.ready.is_set(), "cameras": cameras_registered,
+            "captureNode": rt.node.node_id if rt.node else None,
             "capturing": sorted(rt.node.loops()) if rt.node else [], "websocketClients": rt.hub.client_count}
     if error:
         body["error"] = error

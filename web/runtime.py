@@ -16,6 +16,7 @@ from traffic_celery.registry import CameraRegistry
 from traffic_celery.router import Router
 from traffic_celery.settings import Settings
 
+from .health import DeepHealth
 from .hub import EventHub
 
 EXTENSION = "traffic_celery"
@@ -31,6 +32,7 @@ class Runtime:
     keys: KeyPool
     router: Router
     metrics: CollectorRegistry
+    health: DeepHealth
 
     def close(self) -> None:
         if self.node is not None:
