@@ -171,3 +171,35 @@ def test_a_dead_capture_node_s_cameras_restart_on_another(system_env, log_dir, w
             web_proc.stop()
         for node in nodes:
             node.stop()
+
+
+def test_frames_are_rate_limited_per_client_and_a_stalled_client_slows_nothing(system_env, log_dir, ws_factory,
+                                                                                sample_video):
+    env = {**on_db(system_env, 4), "TC_FRAME_INTERVAL": "0.1", "TC_WS_FRAME_RATE": "2"}
+    proc, url = start_web(env, log_dir, "web-rate")
+    try:
+        reader, stalled = ws_factory(url), ws_factory(url)
+        stalled.send("subscribe", {"cameraId": "fast"})  # and never reads again
+        reader.send("start_stream", {"cameraId": "fast", "rtspUrl": str(sample_video)})
+        reader.wait(frame_of("fast"), 60, "the first frame")
+
+        def analysed() -> int:
+            return api_camera(url, "fast").get("framesAnalysed", 0)
+
+        wait_for(lambda: analysed() > 0, 10, "counters")
+        started, analysed_before = time.monotonic(), analysed()
+        got = 0
+        while time.monotonic() - started < 6:
+            if (msg := reader.next(0.5)) is not None and frame_of("fast")(msg):
+                got += 1
+        elapsed = time.monotonic() - started
+        loop_rate = (analysed() - analysed_before) / elapsed
+        assert got / elapsed <= 2.0 + 1 / elapsed, f"{got} frames in {elapsed:.1f}s"  # at most 2/s (+1 edge)
+        assert got / elapsed >= 1.0
+        assert loop_rate > 3.0, f"the loop analysed {loop_rate:.1f} frames/s with a client that does not read"
+    finally:
+        proc.stop()
+
+
+def api_camera(url: str, camera_id: str) -> dict:
+    return requests.get(f"{url}/api/cameras/{camera_id}", timeout=5).json()

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     image_ttl: int = Field(600, ge=10, description="Seconds a group crop stays in Redis (tc:img:<id>).")
     snapshot_ttl: int = Field(7 * 86400, ge=60, description="Seconds an alert keeps its crop as a snapshot "
                               "(tc:snap:<task id>; about 10-30 KB each, at most 1000 alerts per camera).")
+    ws_frame_rate: float = Field(5.0, ge=0, le=60, description="Most frames per second one WebSocket client gets "
+                                 "per camera (the newest one waits for its turn; 0: no limit).")
     frame_jpeg_quality: int = Field(70, ge=10, le=100, description="JPEG quality of frames sent to viewers.")
     media_dir: Path = Field(DEFAULT_MEDIA_DIR, description="Folder of the sample video and other local media.")
     loop_files: bool = Field(True, description="Restart a file source at its end (demo).")

@@ -3,7 +3,8 @@
 One listener thread per web process pattern-subscribes to `tc:camera:*:events` and hands each message to the
 clients subscribed to that camera, so every web process delivers every event whatever process produced it.
 Each client has its own sender thread: events queue (bounded), `detection_result` frames keep only the newest
-per camera, so a slow client drops frames instead of slowing the capture loop or other clients.
+per camera and go at most `TC_WS_FRAME_RATE` per second per camera, so a slow client drops frames instead of
+slowing the capture loop or other clients.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Optional
 
 from traffic_celery import names
@@ -23,8 +25,10 @@ logger = logging.getLogger(__name__)
 class Client:
     """One WebSocket connection: its subscriptions and an outbox drained by its own sender thread."""
 
-    def __init__(self, ws: Any, client_id: int, max_events: int = 1000):
+    def __init__(self, ws: Any, client_id: int, max_events: int = 1000, frame_rate: float = 0.0):
         self.ws = ws
+        self._frame_gap = 1.0 / frame_rate if frame_rate > 0 else 0.0  # per camera; 0: no limit
+        self._frame_sent: dict[str, float] = {}
         self.id = client_id
         self.cameras: set[str] = set()
         self._events: queue.Queue[str] = queue.Queue(max_events)
@@ -53,17 +57,25 @@ class Client:
         self._wake.set()
 
     def _send_loop(self) -> None:
+        wait = 1.0
         try:
             while not self.closed.is_set():
-                self._wake.wait(1.0)
+                self._wake.wait(wait)
                 self._wake.clear()
                 while True:
                     try:
                         self.ws.send(self._events.get_nowait())
                     except queue.Empty:
                         break
-                with self._lock:
-                    frames, self._frames = list(self._frames.values()), {}
+                now = time.monotonic()
+                wait = 1.0
+                with self._lock:  # a camera's newest frame goes when its gap has passed; it waits otherwise
+                    due = [cid for cid in self._frames if now - self._frame_sent.get(cid, 0.0) >= self._frame_gap]
+                    frames = [self._frames.pop(cid) for cid in due]
+                    for cid in due:
+                        self._frame_sent[cid] = now
+                    if self._frames:
+                        wait = min(self._frame_sent[cid] + self._frame_gap - now for cid in self._frames)
                 for frame in frames:
                     self.ws.send(frame)
         except Exception as exc:  # the socket closed under us; the receive loop ends the connection
@@ -97,7 +109,7 @@ class EventHub:
     def add(self, ws: Any) -> Client:
         with self._lock:
             self._next_id += 1
-            client = Client(ws, self._next_id)
+            client = Client(ws, self._next_id, frame_rate=self._settings.ws_frame_rate)
             self._clients[client.id] = client
         return client
 
