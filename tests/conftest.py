@@ -30,8 +30,10 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 ASSETS_BUS = Path(__import__("ultralytics").__file__).parent / "assets" / "bus.jpg"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` seconds."""
+def wait_for(condition: Callable[[], Any], timeout: float, what: str | Callable[[], str],
+             interval: float = 0.1) -> Any:
+    """Poll `condition` until it returns something truthy; fail with `what` (or what it returns, to describe the
+    state at the deadline) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last_error: Optional[BaseException] = None
     while time.monotonic() < deadline:
@@ -42,6 +44,7 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
         except Exception as exc:  # the service is not up yet
             last_error = exc
         time.sleep(interval)
+    what = what() if callable(what) else what
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error!r})")
 
 

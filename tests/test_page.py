@@ -24,27 +24,55 @@ def browser():
             browser.close()
 
 
-def test_page_shows_video_boxes_and_assessments(browser, web, sample_video):
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
+def test_page_adds_a_camera_and_shows_boxes_alerts_and_keys(browser, web, sample_video):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
-        page.goto(web + "/")
+        page.goto(web + "/?autostart=0")
         page.wait_for_selector("#conn.on", timeout=15_000)
         assert page.input_value("#camera-url") == str(sample_video)  # prefilled from connection_ack
+        # a bad source is refused with the server's message, and nothing is added
+        page.fill("#camera-id", "../bad")
+        page.click("#add")
+        page.wait_for_function("document.getElementById('form-error').textContent.includes('cameraId')")
+        # add the sample video from the form
+        page.fill("#camera-id", "page-cam")
+        page.click("#add")
+        page.wait_for_selector('.card[data-camera="page-cam"][data-state="online"]', timeout=60_000)
         page.wait_for_function("Number(document.getElementById('frame').dataset.boxes || 0) > 0", timeout=90_000)
-        # the frame itself is drawn: the canvas is not black
+        page.wait_for_function("Number(document.querySelector('.card[data-camera=\"page-cam\"] canvas')"
+                               ".dataset.boxes || 0) > 0", timeout=30_000)
         lit = page.evaluate("""() => { const c = document.getElementById('frame');
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             let lit = 0; for (let i = 0; i < d.length; i += 400) lit += d[i] + d[i+1] + d[i+2] > 60; return lit; }""")
-        assert lit > 100
+        assert lit > 100  # the frame itself is drawn: the canvas is not black
+        # an alert appears, with its crop loaded from the snapshot route
         page.wait_for_selector("li.assessment:not(.error)", timeout=90_000)
         text = page.inner_text("li.assessment:not(.error)")
         assert any(level in text.lower() for level in ("none", "low", "medium", "high"))
-        assert "camera 1" in text
+        assert "camera page-cam" in text
+        page.wait_for_function("(() => { const i = document.querySelector('li.assessment:not(.error) img.thumb');"
+                               " return i && i.complete && i.naturalWidth > 0; })()", timeout=30_000)
+        # the key pool panel lists the keys, masked
+        page.wait_for_selector("#keys tbody tr", timeout=15_000)
+        keys = page.inner_text("#keys tbody")
+        assert "test-a" in keys and "test-b" in keys and "tk-test-secret" not in page.content()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "page.png"))
+        # stop from the page: the card says so
+        page.click("#stop")
+        page.wait_for_selector('.card[data-camera="page-cam"][data-state="stopped"]', timeout=20_000)
         assert not errors, errors
     finally:
-        page.evaluate("() => document.getElementById('stop').click()")
+        page.close()
+
+
+def test_page_starts_the_sample_video_when_nothing_runs(browser, web):
+    page = browser.new_page()
+    try:
+        page.goto(web + "/")
+        page.wait_for_selector('.card[data-camera="1"]', timeout=15_000)
+        page.wait_for_function("Number(document.getElementById('frame').dataset.boxes || 0) > 0", timeout=90_000)
+    finally:
         page.close()

@@ -29,7 +29,8 @@ def test_camera_lifecycle(web, sample_video):
     assert r.status_code == 200 and r.json()["frameInterval"] == 1.5
     r = api(web, "POST", "/api/cameras/rest-1/stop")
     assert r.status_code == 200 and r.json()["enabled"] is False
-    wait_for(lambda: state_of(web, "rest-1") == "stopped", 20, "the camera stopped")
+    wait_for(lambda: state_of(web, "rest-1") == "stopped", 20,
+             lambda: f"the camera stopped (now {api(web, 'GET', '/api/cameras/rest-1').json()})")
     assert api(web, "GET", "/api/cameras/rest-1").json()["node"] is None
     assert api(web, "POST", "/api/cameras/rest-1/start").json()["enabled"] is True
     wait_for(lambda: state_of(web, "rest-1") == "online", 60, "the camera online again")

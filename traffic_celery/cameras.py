@@ -144,11 +144,13 @@ class CaptureNode:
         cid = config.camera_id
 
         def report(state: str, message: str) -> None:
-            self.registry.set_status(cid, state, message, self.node_id)
+            if self._loops.get(cid) is loop:  # only the camera's current loop here speaks for it
+                self.registry.set_status(cid, state, message, self.node_id)
 
         loop = CaptureLoop(config, self._settings, self._redis, self._detector, self._enqueue, report=report,
                            on_online=lambda: self.registry.mark_verified(config))
-        self._loops[cid] = loop.start()
+        self._loops[cid] = loop  # before it starts: its first report must find it here
+        loop.start()
         logger.info("capture node %s runs camera %s (%s)", self.node_id, cid, config.url)
 
     def _let_go(self, camera_id: str, why: str, release: bool = True) -> None:

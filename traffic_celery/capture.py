@@ -114,6 +114,8 @@ class CaptureLoop:
         return self.config.frame_interval or self._settings.frame_interval
 
     def _on_state(self, state: str, message: str) -> None:
+        if self._stop.is_set():  # a loop being stopped says nothing more: its camera may be stopped or moved
+            return
         if state == ONLINE:
             self._on_online()
         self._report(state, message)

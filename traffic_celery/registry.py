@@ -60,6 +60,15 @@ end
 return held
 """
 
+# KEYS: registry, status, events channel; ARGV: camera id, state, message, node, time, event. 0 if not running.
+_SET_STATUS = """
+local config = redis.call('HGET', KEYS[1], ARGV[1])
+if not config or cjson.decode(config)['enabled'] == false then return 0 end
+redis.call('HSET', KEYS[2], 'state', ARGV[2], 'message', ARGV[3], 'node', ARGV[4], 'since', ARGV[5])
+redis.call('PUBLISH', KEYS[3], ARGV[6])
+return 1
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -71,6 +80,7 @@ class CameraRegistry:
         self._redis = r
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
+        self._set_status = r.register_script(_SET_STATUS)
 
     # --- configs (the web tier) -------------------------------------------------------------------------------
     def put(self, config: CameraConfig) -> Optional[CameraConfig]:
@@ -150,15 +160,14 @@ class CameraRegistry:
         self._release(keys=[names.owner_key(camera_id)], args=[node])
 
     # --- status ---------------------------------------------------------------------------------------------
-    def set_status(self, camera_id: str, state: str, message: str, node: str) -> None:
-        """Record the camera's state and tell its viewers (`camera_status`, status 1 only when online)."""
+    def set_status(self, camera_id: str, state: str, message: str, node: str) -> bool:
+        """Record the camera's state and tell its viewers (`camera_status`, status 1 only when online), unless the
+        camera was stopped or removed meanwhile (a loop being stopped must not write over "stopped")."""
         data = {"cameraId": camera_id, "status": 1 if state == "online" else 0, "state": state,
                 "message": message}
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(names.status_key(camera_id), mapping={"state": state, "message": message, "node": node,
-                                                        "since": time.time()})
-        pipe.publish(names.events_channel(camera_id), results.event("camera_status", data))
-        pipe.execute()
+        return bool(self._set_status(
+            keys=[names.CAMERAS, names.status_key(camera_id), names.events_channel(camera_id)],
+            args=[camera_id, state, message, node, time.time(), results.event("camera_status", data)]))
 
     def set_counters(self, counters: dict[str, dict[str, Any]]) -> None:
         if not counters:
