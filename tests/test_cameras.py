@@ -57,7 +57,7 @@ def test_mjpeg_camera_that_dies_comes_back_and_resumes(web, ws_factory, mjpeg):
     assert entry["state"] == "online" and entry["reconnects"] >= 2
 
 
-def test_two_viewers_on_two_web_processes_share_one_capture_loop(web, system_env, log_dir, ws_factory, mjpeg):
+def test_two_viewers_on_two_web_processes_share_one_loop_and_get_the_same_assessments(web, system_env, log_dir, ws_factory, mjpeg):
     second, second_url = start_web(system_env, log_dir, "web-second")
     try:
         a, b = ws_factory(web), ws_factory(second_url)
@@ -73,6 +73,15 @@ def test_two_viewers_on_two_web_processes_share_one_capture_loop(web, system_env
             assert seen == sorted(seen)
             stamps[name] = set(seen)
         assert stamps["a"] & stamps["b"], "the two viewers got different frames: two loops ran"
+
+        def assessed(client) -> set:
+            while client.next(0.1) is not None:
+                pass
+            return {m["data"]["taskId"] for m in client.seen
+                    if m["type"] == "risk_assessment" and m["data"]["cameraId"] == "shared"}
+
+        both = wait_for(lambda: assessed(a) & assessed(b), 60, "one risk_assessment reaching both web processes")
+        assert len(both) >= 1
         capturing = [requests.get(u + "/api/health", timeout=5).json()["capturing"] for u in (web, second_url)]
         assert sorted(capturing, key=len) == [[], ["shared"]]
         assert mjpeg.connections == 1  # one pull of the camera

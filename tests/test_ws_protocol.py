@@ -21,6 +21,7 @@ import pytest
     (json.dumps({"type": "start_stream", "data": {"cameraId": 7, "rtspUrl": "x.avi", "frameInterval": 0}}),
      "invalid_frame_interval"),
     (json.dumps({"type": "check_camera", "data": {"cameraId": 7, "rtspUrl": ""}}), "invalid_url"),
+    (json.dumps({"type": "ping", "data": {"pad": "x" * 200_000}}), "message_too_large"),
 ])
 def test_bad_message_yields_error_and_socket_stays_open(web, ws_factory, raw, code):
     client = ws_factory(web)

@@ -33,7 +33,9 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     from workers.celery_app import make_app  # a producer: tasks are sent by name, never imported
 
     app = Flask(__name__, static_folder="static", static_url_path="/static")
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "max_message_size": 64 * 1024}
+    # the transport takes up to 1 MiB (beyond, it closes the socket with 1009); ws.py answers an `error` to any
+    # message over MAX_MESSAGE and keeps the connection open
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "max_message_size": 1024 * 1024}
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     r = connect(settings)
     pool = KeyPool.from_settings(settings)

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("ws", __name__)
 
+MAX_MESSAGE = 64 * 1024  # bytes; the transport closes the socket only past 1 MiB (see create_app)
+
 
 class ProtocolError(ValueError):
     def __init__(self, code: str, message: str, camera_id: Any = None):
@@ -125,6 +127,10 @@ HANDLERS: dict[str, Callable[[Runtime, Client, dict[str, Any]], None]] = {
 def handle_message(rt: Runtime, client: Client, raw: Any) -> None:
     """Dispatch one client message; any fault becomes an `error` event for this client only."""
     try:
+        size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+        if size > MAX_MESSAGE:
+            raise ProtocolError("message_too_large", f"message of {size} bytes refused: the largest accepted is "
+                                f"{MAX_MESSAGE} bytes (messages are small JSON objects)")
         try:
             msg = json.loads(raw)
         except (TypeError, ValueError):
