@@ -7,10 +7,11 @@ Nothing else in the code base reads the environment for configuration. Processes
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -140,12 +141,25 @@ class Settings(BaseSettings):
                                            "Bearer), /metrics and the WebSocket (?token=); unset: no auth, "
                                            "loopback only.")
     web_port: int = Field(8000, ge=0, le=65535)
+    web_workers: int = Field(2, ge=1, le=64, description="gunicorn worker processes (web/gunicorn_conf.py).")
+    web_threads: int = Field(64, ge=4, le=1000, description="Threads per gunicorn worker: each open WebSocket "
+                             "holds one.")
     provider_host: str = Field("127.0.0.1", description="Address the fake LLM provider binds.")
     provider_port: int = Field(8808, ge=0, le=65535)
     provider_latency: float = Field(0.3, ge=0, le=60, description="Fake provider: seconds per reply.")
     worker_concurrency: int = Field(4, ge=1, le=256, description="Celery worker processes.")
     flower_port: int = Field(5555, ge=0, le=65535)
+    flower_host: str = Field("127.0.0.1", description="Address Flower binds (loopback only without basic auth).")
+    flower_basic_auth: Optional[SecretStr] = Field(None, description="Flower's basic auth, "
+                                                   "user:password[,user:password]")
     log_level: str = Field("INFO")
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_password_pairs(cls, value: Optional[SecretStr]) -> Optional[SecretStr]:
+        if value is not None and not re.fullmatch(r"[^:,]+:[^,]+(,[^:,]+:[^,]+)*", value.get_secret_value()):
+            raise ValueError("must be user:password, or several separated by commas")
+        return value
 
     # --- Derived --------------------------------------------------------------------------------------------
     @property

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+import threading
+from typing import Any, Optional
 
 from flask import Flask
 from prometheus_client import CollectorRegistry
@@ -26,6 +27,12 @@ from .sock import sock
 logger = logging.getLogger(__name__)
 
 
+class DaemonThread(threading.Thread):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
 def create_app(settings: Optional[Settings] = None) -> Flask:
     """Build the app. Unless `capture_in_web` is off, this process is also a capture node: it starts the
     registered cameras it can claim (threads), including those of a web tier that ran before it."""
@@ -35,7 +42,10 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     # the transport takes up to 1 MiB (beyond, it closes the socket with 1009); ws.py answers an `error` to any
     # message over MAX_MESSAGE and keeps the connection open
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "max_message_size": 1024 * 1024}
+    # the socket's reader thread is a daemon: under gunicorn a request thread is not, and a reader blocked until
+    # its next ping would hold the worker's exit
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "max_message_size": 1024 * 1024,
+                                         "thread_class": DaemonThread}
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     r = connect(settings)
     pool = KeyPool.from_settings(settings)

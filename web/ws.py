@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from typing import Any, Callable
 
@@ -163,7 +164,8 @@ def websocket(ws) -> None:
     client = rt.hub.add(ws)
     try:
         client.send(event("connection_ack", {"clientId": client.id, "sampleVideo": str(rt.settings.sample_video),
-                                             "frameInterval": rt.settings.frame_interval}))
+                                             "frameInterval": rt.settings.frame_interval,
+                                             "process": os.getpid()}))
         while not client.closed.is_set():
             raw = ws.receive(timeout=1.0)
             if raw is not None:
