@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
+import requests
 from playwright.sync_api import sync_playwright
 
 from .conftest import ARTIFACTS
@@ -76,3 +78,35 @@ def test_page_starts_the_sample_video_when_nothing_runs(browser, web):
         page.wait_for_function("Number(document.getElementById('frame').dataset.boxes || 0) > 0", timeout=90_000)
     finally:
         page.close()
+
+
+def test_page_reconnects_after_the_server_restarts(browser, system_env, log_dir, sample_video):
+    from traffic_celery.embedded_redis import free_port
+
+    from .conftest import Proc, wait_for
+
+    port = free_port()
+    env = {**system_env, "TC_WEB_PORT": str(port),
+           "TC_REDIS_URL": system_env["TC_REDIS_URL"].rsplit("/", 1)[0] + "/6"}
+    url = f"http://127.0.0.1:{port}"
+
+    def start() -> Proc:
+        proc = Proc("web-restart", [sys.executable, "-m", "web"], env, log_dir)
+        wait_for(lambda: proc.alive() and requests.get(url + "/api/health", timeout=1).ok, 60, "the web tier")
+        return proc
+
+    proc = start()
+    page = browser.new_page()
+    try:
+        page.goto(url + "/")  # autostart: camera 1 on the sample video
+        page.wait_for_function("Number(document.getElementById('frame').dataset.boxes || 0) > 0", timeout=90_000)
+        proc.stop()
+        page.wait_for_selector("#conn.off", timeout=15_000)
+        page.evaluate("() => { document.getElementById('frame').dataset.boxes = '0'; }")
+        proc = start()  # the registry restarts camera 1; the page reconnects and subscribes again
+        page.wait_for_selector("#conn.on", timeout=30_000)
+        page.wait_for_function("Number(document.getElementById('frame').dataset.boxes || 0) > 0", timeout=90_000)
+        assert page.locator(".card").count() == 1  # the same camera, not a second one
+    finally:
+        page.close()
+        proc.stop()
