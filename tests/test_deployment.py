@@ -1,0 +1,77 @@
+"""The compose file and the Prometheus config, checked against the code (no Docker engine here): every command
+runs a module that exists, every TC_ variable is a setting, every key has its worker, every scrape target is a
+service. With the docker client installed, `docker compose config` validates the file too."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from traffic_celery.keys import load_keys
+from traffic_celery.settings import REPO_ROOT, Settings
+
+DEPLOYMENT = REPO_ROOT / "deployment"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((DEPLOYMENT / "docker-compose.yml").read_text())
+
+
+def commands(compose: dict) -> dict[str, list[str]]:
+    return {name: svc["command"] for name, svc in compose["services"].items() if "command" in svc and
+            svc["command"][0] in ("python", "gunicorn")}
+
+
+def test_every_command_runs_a_module_of_the_project(compose):
+    found = commands(compose)
+    assert {"web", "results", "flower", "provider", "capture"} <= set(found)
+    for name, cmd in found.items():
+        module = cmd[cmd.index("-m") + 1] if cmd[0] == "python" else cmd[-1].split(":")[0]
+        assert importlib.util.find_spec(module) is not None, f"{name}: no module {module}"
+        if cmd[0] == "gunicorn":
+            assert (REPO_ROOT / cmd[cmd.index("-c") + 1]).exists()
+
+
+def test_every_tc_variable_is_a_setting(compose):
+    fields = {f"TC_{name.upper()}" for name in Settings.model_fields}
+    for name, svc in compose["services"].items():
+        for var in (svc.get("environment") or {}):
+            if var.startswith("TC_"):
+                assert var in fields, f"{name}: {var} is not a setting"
+
+
+def test_every_key_of_the_keys_file_has_a_worker_on_its_queue(compose):
+    env = compose["services"]["web"]["environment"]
+    keys_file = REPO_ROOT / env["TC_LLM_KEYS_FILE"].replace("/app/", "")
+    queues = {cmd[cmd.index("-Q") + 1] for cmd in commands(compose).values() if "-Q" in cmd}
+    for key in load_keys(Settings(llm_keys_file=keys_file)):
+        assert key.queue in queues, f"no worker consumes {key.queue}"
+    assert "results" in queues
+
+
+def test_prometheus_scrapes_services_of_the_compose_file(compose):
+    config = yaml.safe_load((DEPLOYMENT / "prometheus.yml").read_text())
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert targets
+    for target in targets:
+        host, port = target.split(":")
+        assert host in compose["services"], target
+        published = [p.split(":")[-1] for p in compose["services"][host].get("ports", [])]
+        assert port in published or host == "web", target
+
+
+def has_compose() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.skipif(not has_compose(), reason="no docker compose client on this machine")
+def test_docker_compose_config_accepts_the_file():
+    subprocess.run(["docker", "compose", "-f", str(DEPLOYMENT / "docker-compose.yml"), "config", "-q"],
+                   check=True, timeout=60)
