@@ -148,3 +148,14 @@ def test_health_says_what_is_missing(system_env, log_dir):
         assert "TC_LLM_BASE_URL" in endpoint["message"]
     finally:
         proc.stop()
+
+
+def test_health_reports_the_event_relay_ready_before_any_websocket(system_env, log_dir):
+    from .conftest import start_web
+
+    proc, url = start_web({**system_env, "TC_CAPTURE_IN_WEB": "false"}, log_dir, "web-fresh")
+    try:
+        wait_for(lambda: api(url, "GET", "/api/health").json()["eventRelay"], 10, "the event relay")
+        assert api(url, "GET", "/api/health").json()["websocketClients"] == 0
+    finally:
+        proc.stop()

@@ -57,7 +57,9 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     node = None
     if settings.capture_in_web:
         node = CaptureNode(settings, r, lambda: shared_detector(settings), Dispatcher(celery, router)).start()
-    app.extensions[EXTENSION] = Runtime(settings=settings, redis=r, hub=EventHub(settings),
+    hub = EventHub(settings)
+    hub.ensure_started()  # relay events from the start, so /api/health reports it ready before any client
+    app.extensions[EXTENSION] = Runtime(settings=settings, redis=r, hub=hub,
                                         cameras=CameraRegistry(r), node=node, keys=pool, router=router,
                                         metrics=registry, health=DeepHealth(settings, celery, pool))
 
