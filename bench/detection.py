@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import cv2
+import redis
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -76,12 +77,16 @@ def predict_fps(detector: Detector, frames: list, batch: int = 1) -> float:
     return (len(frames) // batch * batch) / (time.monotonic() - started)
 
 
-def run_pipeline(settings: Settings, detector: Detector, video: Path) -> dict[str, float]:
+def make_dispatcher(settings: Settings) -> tuple[redis.Redis, Dispatcher]:
+    """Redis and the real enqueue path (Celery app, router over the keys), as a capture node builds them."""
     from workers.celery_app import make_app
 
     r = connect(settings)
-    router = build_router(settings, r, KeyPool.from_settings(settings))
-    dispatcher = Dispatcher(make_app(settings), router)
+    return r, Dispatcher(make_app(settings), build_router(settings, r, KeyPool.from_settings(settings)))
+
+
+def run_pipeline(settings: Settings, detector: Detector, video: Path) -> dict[str, float]:
+    r, dispatcher = make_dispatcher(settings)  # per run: "counting start-up" includes connecting
     loop = CaptureLoop(CameraConfig(camera_id="bench", url=str(video)), settings, r, lambda: detector,
                        dispatcher)
     cpu0, wall0 = time.process_time(), time.monotonic()
@@ -104,11 +109,8 @@ def run_pipeline(settings: Settings, detector: Detector, video: Path) -> dict[st
 def sustain(settings: Settings, detector: Detector, cameras: int, seconds: float) -> dict[str, float]:
     """`cameras` real capture loops on the sample video at real-time pace, one frame every 0.5 s each, sharing
     the process's one model: the frames per second each one really got."""
-    from workers.celery_app import make_app
-
     live = settings.model_copy(update={"file_pace": "realtime", "loop_files": True, "frame_interval": 0.5})
-    r = connect(live)
-    dispatcher = Dispatcher(make_app(live), build_router(live, r, KeyPool.from_settings(live)))
+    r, dispatcher = make_dispatcher(live)
     loops = [CaptureLoop(CameraConfig(camera_id=f"sustain-{i}", url=str(live.sample_video)), live, r,
                          lambda: detector, dispatcher).start() for i in range(cameras)]
     time.sleep(2.0)  # sources open, trackers built

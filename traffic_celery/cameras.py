@@ -58,7 +58,6 @@ class CaptureNode:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self.ticked = threading.Event()  # set after each completed round (tests and start-up wait on it)
         self._threads = [threading.Thread(target=self._supervise, name="capture-node", daemon=True),
                          threading.Thread(target=self._listen, name="capture-node-control", daemon=True)]
         self._redis_down_logged = False
@@ -133,7 +132,6 @@ class CaptureNode:
             self._retry_at = {cid: t for cid, t in self._retry_at.items() if t > now and cid in configs}
             counters = {cid: self._counters(loop) for cid, loop in self._loops.items()}
         self.registry.set_counters(counters)
-        self.ticked.set()
 
     @staticmethod
     def _counters(loop: CaptureLoop) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from .motion import Motion
 from .registry import CameraConfig
 from .scheduling import AssessmentScheduler
 from .settings import Settings
-from .sources import ONLINE, FrameSource, SourceOptions, is_file_source
+from .sources import ONLINE, FrameSource, SourceOptions
 from .tracking import Tracker
 from .types import FrameAnalysis, TrafficGroup
 
@@ -107,12 +107,6 @@ class CaptureLoop:
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    @property
-    def interval(self) -> float:
-        if is_file_source(self.url) and self._settings.file_pace == "fast":
-            return 0.0
-        return self.config.frame_interval or self._settings.frame_interval
-
     def _on_state(self, state: str, message: str) -> None:
         if self._stop.is_set():  # a loop being stopped says nothing more: its camera may be stopped or moved
             return
@@ -130,12 +124,12 @@ class CaptureLoop:
             self.log.info("capture started on %s", self.url)
             seq = 0
             next_at = time.monotonic()
+            interval = 0.0 if source.fast else self.config.frame_interval or self._settings.frame_interval
             # a file replayed as fast as possible keeps its own timeline, so the scheduler and the motion
             # features see the file's seconds, not how fast this machine analyses it
-            replay_start = time.time() if is_file_source(self.url) and self._settings.file_pace == "fast" \
-                else None
+            replay_start = time.time() if source.fast else None
             while not self._stop.is_set():
-                frame, seq_now = source.newest(seq, timeout=max(self.interval * 4, 1.0))
+                frame, seq_now = source.newest(seq, timeout=max(interval * 4, 1.0))
                 if frame is None:
                     if self._stop.is_set():
                         break
@@ -145,7 +139,7 @@ class CaptureLoop:
                     continue
                 seq = seq_now
                 self.analyse(frame, detector, None if replay_start is None else replay_start + source.position)
-                next_at = max(next_at + self.interval, time.monotonic())
+                next_at = max(next_at + interval, time.monotonic())
                 if self._stop.wait(next_at - time.monotonic()):
                     break
             if self.ended is not None and not self._stop.is_set():

@@ -135,6 +135,7 @@ class FrameSource:
         self.url = url
         self.options = options
         self._file = is_file_source(url)
+        self.fast = self._file and options.pace == "fast"  # every frame handed over, none skipped
         self._on_state = on_state or (lambda state, message: None)
         self._frame: Optional[np.ndarray] = None
         self._seq = 0
@@ -142,7 +143,6 @@ class FrameSource:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._finished = False
-        self.state = ""
         self.ended: Optional[str] = None  # why the source is over for good; None while it may still deliver
         self.frames_read = 0
         self.reconnects = 0
@@ -156,7 +156,6 @@ class FrameSource:
         return self
 
     def _set_state(self, state: str, message: str) -> None:
-        self.state = state
         try:
             self._on_state(state, message)
         except Exception:  # reporting must never kill the reader
@@ -183,7 +182,7 @@ class FrameSource:
                     if reason is None or self._stop.is_set():
                         return
                     if self._file and not self.options.loop_files:
-                        self._finish(f"end of file {self.url}", state=OFFLINE)
+                        self._finish(f"end of file {self.url}")
                         return
                 attempt += 1
                 self.reconnects += 1
@@ -197,15 +196,15 @@ class FrameSource:
                 self._finished = True
                 self._cond.notify_all()
 
-    def _finish(self, reason: str, state: str = OFFLINE) -> None:
+    def _finish(self, reason: str) -> None:
         self.ended = reason
-        self._set_state(state, reason)
+        self._set_state(OFFLINE, reason)
 
     def _read_all(self, cap: cv2.VideoCapture) -> Optional[str]:
         """Read until stopped (None) or until the stream fails (the reason). A looped file rewinds."""
         fps = cap.get(cv2.CAP_PROP_FPS)
-        pace = 1.0 / fps if self._file and self.options.pace == "realtime" and 0 < fps < 240 else 0.0
-        fast = self._file and self.options.pace == "fast"
+        frame_time = 1.0 / fps if self._file and 0 < fps < 240 else 0.0  # a file's own seconds per frame
+        pace = frame_time if self.options.pace == "realtime" else 0.0
         next_at = time.monotonic()
         frames_this_open = 0
         while not self._stop.is_set():
@@ -214,14 +213,14 @@ class FrameSource:
                 if self._file and self.options.loop_files and frames_this_open:
                     cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                     frames_this_open = 0
-                    self._loop_offset = self._position + (1.0 / fps if 0 < fps < 240 else 0.0)
+                    self._loop_offset = self._position + frame_time
                     continue
                 return "end of file" if self._file else f"stream lost (no frame within " \
                     f"{self.options.read_timeout:g}s or the connection closed)"
             frames_this_open += 1
             self.frames_read += 1
             with self._cond:
-                if fast:
+                if self.fast:
                     self._cond.wait_for(lambda: self._taken >= self._seq or self._stop.is_set())
                 self._frame, self._seq = frame, self._seq + 1
                 if self._file:
