@@ -34,6 +34,8 @@ def test_camera_lifecycle(web, sample_video):
     assert api(web, "GET", "/api/cameras/rest-1").json()["node"] is None
     assert api(web, "POST", "/api/cameras/rest-1/start").json()["enabled"] is True
     wait_for(lambda: state_of(web, "rest-1") == "online", 60, "the camera online again")
+    r = api(web, "PATCH", "/api/cameras/rest-1", json={"enabled": False})  # a stop by PATCH is a stop too
+    assert r.status_code == 200 and r.json()["enabled"] is False and r.json()["state"] == "stopped"
 
     assert api(web, "DELETE", "/api/cameras/rest-1").status_code == 204
     r = api(web, "GET", "/api/cameras/rest-1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CAMERA_ID_RULE = "must be a number or a name of letters, digits, '-' or '_' (1-64 characters)"
 EVENTS_PATTERN = "tc:camera:*:events"
 DLQ = "tc:dlq"
 RESULTS_QUEUE = "results"
@@ -16,6 +17,13 @@ ASSESS_STATS = "tc:stats:assess"  # hash: LLM calls made per reason, and saved, 
 
 def image_key(image_id: str) -> str:
     return f"tc:img:{image_id}"
+
+
+def camera_id(raw: object) -> str:
+    """A camera id as the registry keys it: a number or a name; ValueError (saying `CAMERA_ID_RULE`) otherwise."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not CAMERA_ID_RE.match(str(raw)):
+        raise ValueError(CAMERA_ID_RULE)
+    return str(raw)
 
 
 def snapshot_key(task_id: str) -> str:

@@ -24,6 +24,14 @@ from . import names, results
 logger = logging.getLogger(__name__)
 
 
+STOPPED_BY_OPERATOR = "stopped by an operator"
+
+
+def status_event(camera_id: str, state: str, message: str) -> dict[str, Any]:
+    """The `camera_status` data of DESIGN.md (`status` 1 only when online), plus the `state`."""
+    return {"cameraId": camera_id, "status": 1 if state == "online" else 0, "state": state, "message": message}
+
+
 class CameraConfig(BaseModel):
     """One camera as the registry keeps it."""
 
@@ -83,6 +91,26 @@ class CameraRegistry:
         self._set_status = r.register_script(_SET_STATUS)
 
     # --- configs (the web tier) -------------------------------------------------------------------------------
+    def _write(self, config: CameraConfig, previous: Optional[CameraConfig],
+               stopped_message: Optional[str] = STOPPED_BY_OPERATOR) -> None:
+        """Store `config` and wake the nodes. A running camera that this stops is recorded `stopped` and its
+        viewers get `stream_stopped`, whether or not a node runs it now (`stopped_message` None: its last
+        status, a failure's, stays and nothing is announced)."""
+        pipe = self._redis.pipeline()
+        pipe.hset(names.CAMERAS, config.camera_id, config.to_json())
+        if previous is not None and previous.enabled and not config.enabled and stopped_message is not None:
+            self._announce_stop(pipe, config.camera_id, stopped_message, status=True)
+        pipe.publish(names.CAMERAS_CONTROL, "changed")
+        pipe.execute()
+
+    @staticmethod
+    def _announce_stop(pipe: Any, camera_id: str, reason: str, status: bool) -> None:
+        if status:
+            pipe.hset(names.status_key(camera_id), mapping={"state": "stopped", "message": reason,
+                                                            "since": time.time()})
+        pipe.publish(names.events_channel(camera_id),
+                     results.event("stream_stopped", {"cameraId": camera_id, "reason": reason}))
+
     def put(self, config: CameraConfig) -> Optional[CameraConfig]:
         """Register (or change) a camera; returns the previous config. Same source and state: kept as it was
         (a camera that worked stays `verified`)."""
@@ -91,30 +119,29 @@ class CameraRegistry:
             if previous.enabled == config.enabled:
                 return previous
             config = previous.model_copy(update={"enabled": config.enabled})
-        self._redis.hset(names.CAMERAS, config.camera_id, config.to_json())
-        self.notify()
+        self._write(config, previous)
         return previous
 
     def set_enabled(self, camera_id: str, enabled: bool,
-                    stopped_message: Optional[str] = "stopped by an operator") -> Optional[CameraConfig]:
-        """Start or stop a registered camera; returns its config as it was, None if it is not registered. A stop
-        records state `stopped` with `stopped_message` (None: keep the last status, e.g. a failure's)."""
+                    stopped_message: Optional[str] = STOPPED_BY_OPERATOR) -> Optional[CameraConfig]:
+        """Start or stop a registered camera; returns its config as it was, None if it is not registered."""
         current = self.get(camera_id)
         if current is not None and current.enabled != enabled:
-            pipe = self._redis.pipeline()
-            pipe.hset(names.CAMERAS, camera_id, current.model_copy(update={"enabled": enabled}).to_json())
-            if not enabled and stopped_message is not None:  # whether or not a node runs it now
-                pipe.hset(names.status_key(camera_id), mapping={"state": "stopped", "message": stopped_message,
-                                                                "since": time.time()})
-            pipe.execute()
-            self.notify()
+            self._write(current.model_copy(update={"enabled": enabled}), current, stopped_message)
         return current
 
-    def remove(self, camera_id: str) -> bool:
-        removed = bool(self._redis.hdel(names.CAMERAS, camera_id))
-        if removed:
-            self.notify()
-        return removed
+    def remove(self, camera_id: str, reason: str = "removed by an operator") -> bool:
+        """Remove a camera (False if it was not registered); its viewers get `stream_stopped` with `reason`."""
+        if not self._redis.hdel(names.CAMERAS, camera_id):
+            return False
+        pipe = self._redis.pipeline()
+        self._announce_stop(pipe, camera_id, reason, status=False)
+        pipe.publish(names.CAMERAS_CONTROL, "changed")
+        pipe.execute()
+        return True
+
+    def count(self) -> int:
+        return int(self._redis.hlen(names.CAMERAS))
 
     def disable_if(self, config: CameraConfig) -> bool:
         """Stop the camera only if it still has this source (an operator may have changed it meanwhile)."""
@@ -163,11 +190,10 @@ class CameraRegistry:
     def set_status(self, camera_id: str, state: str, message: str, node: str) -> bool:
         """Record the camera's state and tell its viewers (`camera_status`, status 1 only when online), unless the
         camera was stopped or removed meanwhile (a loop being stopped must not write over "stopped")."""
-        data = {"cameraId": camera_id, "status": 1 if state == "online" else 0, "state": state,
-                "message": message}
         return bool(self._set_status(
             keys=[names.CAMERAS, names.status_key(camera_id), names.events_channel(camera_id)],
-            args=[camera_id, state, message, node, time.time(), results.event("camera_status", data)]))
+            args=[camera_id, state, message, node, time.time(),
+                  results.event("camera_status", status_event(camera_id, state, message))]))
 
     def set_counters(self, counters: dict[str, dict[str, Any]]) -> None:
         if not counters:
@@ -179,8 +205,11 @@ class CameraRegistry:
 
     def describe(self, camera_ids: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         """Registered cameras (all, or those of `camera_ids` that exist) with owner and last status, for the API."""
-        configs = self.all()
-        ids = sorted(configs) if camera_ids is None else [c for c in camera_ids if c in configs]
+        if camera_ids is None:
+            configs = self.all()
+        else:  # one camera (after each REST call): no need to read and parse the whole registry
+            configs = {c: config for c in camera_ids if (config := self.get(c)) is not None}
+        ids = sorted(configs) if camera_ids is None else list(configs)
         pipe = self._redis.pipeline(transaction=False)
         for cid in ids:
             pipe.get(names.owner_key(cid))

@@ -30,17 +30,16 @@ class CameraCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     cameraId: Union[StrictInt, StrictStr] = Field(description="a number or a name: letters, digits, '-', '_'")
-
-    @field_validator("cameraId", mode="before")
-    @classmethod
-    def _camera_id(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or not names.CAMERA_ID_RE.match(str(value)):
-            raise ValueError("must be a number or a name of letters, digits, '-' or '_' (1-64 characters)")
-        return value
     url: StrictStr = Field(min_length=1, max_length=2048,
                            description="rtsp:// or http(s):// URL, a file path, or a webcam index")
     frameInterval: Seconds = Field(None, gt=0, le=60, description="seconds between analysed frames")
     enabled: StrictBool = True
+
+    @field_validator("cameraId", mode="before")
+    @classmethod
+    def _camera_id(cls, value: Any) -> Any:
+        names.camera_id(value)  # ValueError: pydantic reports it on the field
+        return value
 
 
 class CameraChange(BaseModel):
@@ -72,11 +71,10 @@ def parse(model: type[BaseModel]) -> Any:
 
 
 def camera_id_of(raw: Any) -> str:
-    camera_id = str(raw)
-    if not names.CAMERA_ID_RE.match(camera_id):
-        raise ApiError(400, "cameraId must be a number or a name of letters, digits, '-' or '_' (1-64 characters)",
-                       "cameraId")
-    return camera_id
+    try:
+        return names.camera_id(raw)
+    except ValueError:
+        raise ApiError(400, f"cameraId {names.CAMERA_ID_RULE}", "cameraId") from None
 
 
 def entry(camera_id: str) -> dict[str, Any]:
@@ -84,11 +82,6 @@ def entry(camera_id: str) -> dict[str, Any]:
     if not found:
         raise ApiError(404, f"no camera {camera_id}; add it with POST /api/cameras", "cameraId")
     return found[0]
-
-
-def _stopped(camera_id: str, reason: str) -> None:
-    results.publish(runtime(current_app).redis, camera_id, "stream_stopped", {"cameraId": camera_id,
-                                                                           "reason": reason})
 
 
 @bp.get("")
@@ -134,9 +127,7 @@ def change_camera(camera_id: str):
               "enabled": changes.get("enabled", current.enabled)}
     if update["url"] != current.url:
         update["verified"] = False  # a new URL must prove itself
-    registry.put(current.model_copy(update=update))
-    if current.enabled and not update["enabled"]:
-        _stopped(camera_id, "stopped by an operator")
+    registry.put(current.model_copy(update=update))  # a stop is recorded and announced by the registry
     return jsonify(entry(camera_id))
 
 
@@ -144,7 +135,6 @@ def change_camera(camera_id: str):
 def remove_camera(camera_id: str):
     if not runtime(current_app).cameras.remove(camera_id_of(camera_id)):
         raise ApiError(404, f"no camera {camera_id}", "cameraId")
-    _stopped(camera_id, "removed by an operator")
     return Response(status=204)
 
 
@@ -157,11 +147,8 @@ def start_camera(camera_id: str):
 
 @bp.post("/<camera_id>/stop")
 def stop_camera(camera_id: str):
-    was = runtime(current_app).cameras.set_enabled(camera_id_of(camera_id), False)
-    if was is None:
+    if runtime(current_app).cameras.set_enabled(camera_id_of(camera_id), False) is None:
         raise ApiError(404, f"no camera {camera_id}", "cameraId")
-    if was.enabled:
-        _stopped(camera_id, "stopped by an operator")
     return jsonify(entry(camera_id))
 
 

@@ -24,7 +24,7 @@ def health():
     cameras_registered = None
     try:
         redis_ok = bool(rt.redis.ping())
-        cameras_registered = len(rt.cameras.all())
+        cameras_registered = rt.cameras.count()
         error = None
     except redis.RedisError as exc:
         redis_ok, error = False, f"Redis unreachable ({exc}); check TC_REDIS_URL"

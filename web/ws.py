@@ -15,8 +15,8 @@ from typing import Any, Callable
 from flask import Blueprint, current_app
 from simple_websocket import ConnectionClosed
 
-from traffic_celery import names, results
-from traffic_celery.registry import CameraConfig
+from traffic_celery import names
+from traffic_celery.registry import CameraConfig, status_event
 from traffic_celery.results import event
 from traffic_celery.sources import probe
 
@@ -39,10 +39,11 @@ class ProtocolError(ValueError):
 
 def _camera_id(data: dict[str, Any]) -> str:
     raw = data.get("cameraId")
-    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not names.CAMERA_ID_RE.match(str(raw)):
-        raise ProtocolError("invalid_camera_id", f"cameraId must be a number or a name of letters, digits, '-' "
-                            f"or '_' (1-64 characters), got {json.dumps(raw)[:40]}")
-    return str(raw)
+    try:
+        return names.camera_id(raw)
+    except ValueError:
+        raise ProtocolError("invalid_camera_id",
+                            f"cameraId {names.CAMERA_ID_RULE}, got {json.dumps(raw)[:40]}") from None
 
 
 def _url(data: dict[str, Any], camera_id: str) -> str:
@@ -69,8 +70,7 @@ def _current_status(rt: Runtime, client: Client, camera_id: str, note: str) -> N
     """Tell one client the camera's last known state (a late viewer need not wait for the next change)."""
     status = rt.cameras.status(camera_id)
     state = status.get("state", "starting")
-    client.send(event("camera_status", {"cameraId": camera_id, "status": 1 if state == "online" else 0,
-                                        "state": state, "message": f"{note}: {status.get('message', state)}"}))
+    client.send(event("camera_status", status_event(camera_id, state, f"{note}: {status.get('message', state)}")))
 
 
 def _start_stream(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
@@ -88,8 +88,6 @@ def _stop_stream(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
     was = rt.cameras.set_enabled(camera_id, False)  # stays registered (stopped), so the grid still lists it
     if was is None or not was.enabled:
         raise ProtocolError("camera_not_running", f"camera {camera_id} is not running", camera_id)
-    results.publish(rt.redis, camera_id, "stream_stopped",
-                    {"cameraId": camera_id, "reason": "stopped by an operator"})
 
 
 def _subscribe(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
