@@ -2,6 +2,11 @@
 
 JSON only; a task is acknowledged after it ran (`task_acks_late`) and given back if its worker process dies
 (`task_reject_on_worker_lost`), so a killed worker loses nothing. Task names are `workers.<module>.<name>`.
+On Kafka (`TC_BROKER_URL=confluentkafka://host:9092`) a worker polls each queue (topic) for
+`TC_KAFKA_POLL_INTERVAL` seconds in turn, and the worker's consumer class `workers.events:Consumer` sends the
+monitoring events through Redis (`TC_EVENTS_URL`), since Kafka has no fanout to carry them; producers do not
+send `task-sent` events there (Flower shows a task from `received` on). README "Kafka" has the rest.
+
 `config_for(settings)` serves a process that builds its settings itself (tests, the web tier); the module-level
 names are the same values for `app.config_from_object("celeryconfig")`.
 """
@@ -13,11 +18,15 @@ from traffic_celery.settings import Settings, get_settings
 
 
 def config_for(settings: Settings) -> dict[str, Any]:
+    if settings.broker_is_redis:
+        transport_options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    else:
+        transport_options = {"wait_time_seconds": settings.kafka_poll_interval}
     return {
         "broker_url": settings.effective_broker_url,
         "result_backend": settings.effective_redis_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_transport_options": transport_options,
         "result_backend_transport_options": {"socket_timeout": settings.redis_timeout},
         "result_expires": 3600,
         "task_serializer": "json",
@@ -31,7 +40,8 @@ def config_for(settings: Settings) -> dict[str, Any]:
         "task_routes": {"workers.results.*": {"queue": RESULTS_QUEUE}},
         # events for Flower
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": settings.effective_events_url == settings.effective_broker_url,
+        "worker_consumer": "workers.events:Consumer",
         "imports": ("workers.assess", "workers.results"),
         "worker_hijack_root_logger": False,
     }

@@ -1,17 +1,24 @@
 """Puts an assessment job on Celery: `assess_group` on the queue of the key the router picks, with
 `on_assessment` linked on the `results` queue. Tasks are sent by name, so the capture side never imports them.
+
+On a broker that carries no monitoring events (Kafka), :class:`SentEvents` sends each task's `task-sent` event
+through `TC_EVENTS_URL`, where the workers send theirs (`workers/events.py`): Flower then lists a task as sent,
+with its queue, as it does on Redis.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Any
+from typing import Any, Optional
 
 from celery import Celery
+from kombu.utils.encoding import safe_repr
 
 from . import names
 from .router import Router
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -19,9 +26,47 @@ ASSESS_TASK = "workers.assess.assess_group"
 CALLBACK_TASK = "workers.results.on_assessment"
 
 
+class SentEvents:
+    """Celery's `task-sent` event, with the fields Celery gives it, on its own connection (thread-safe)."""
+
+    def __init__(self, app: Celery, url: str):
+        self._app, self._url = app, url
+        self._lock = threading.Lock()
+        self._dispatcher: Any = None
+
+    def send(self, task_id: str, name: str, args: list[Any], queue: str) -> None:
+        """Send the event; a failure is logged, never raised: monitoring must not cost a task."""
+        with self._lock:
+            try:
+                if self._dispatcher is None:
+                    self._dispatcher = self._app.events.Dispatcher(self._app.connection_for_write(url=self._url))
+                self._dispatcher.send("task-sent", uuid=task_id, root_id=task_id, parent_id=None, name=name,
+                                      args=safe_repr(args), kwargs="{}", retries=0, eta=None, expires=None,
+                                      queue=queue, exchange=queue, routing_key=queue)
+            except Exception as exc:  # kombu raises transport-specific errors
+                logger.warning("cannot send the task-sent event of %s (Flower will show it from 'received'): %s",
+                               task_id, exc)
+                self.close()
+
+    def close(self) -> None:
+        if self._dispatcher is not None:
+            try:
+                self._dispatcher.connection.close()
+            except Exception:
+                pass
+            self._dispatcher = None
+
+
+def sent_events(app: Celery, settings: Settings) -> Optional[SentEvents]:
+    """`SentEvents` when events do not travel on the broker, else None (Celery sends `task-sent` itself)."""
+    if settings.effective_events_url == settings.effective_broker_url:
+        return None
+    return SentEvents(app, settings.effective_events_url)
+
+
 class Dispatcher:
-    def __init__(self, app: Celery, router: Router):
-        self._app, self._router = app, router
+    def __init__(self, app: Celery, router: Router, events: Optional[SentEvents] = None):
+        self._app, self._router, self._events = app, router, events
 
     def __call__(self, job: dict[str, Any]) -> str:
         """Enqueue one job; returns the task id."""
@@ -29,6 +74,8 @@ class Dispatcher:
         callback = self._app.signature(CALLBACK_TASK, queue=names.RESULTS_QUEUE)
         job = {**job, "keyId": key.id, "enqueuedAt": time.time(), "failures": 0, "reroutes": 0}
         result = self._app.send_task(ASSESS_TASK, args=[job], queue=key.queue, link=callback)
+        if self._events is not None:
+            self._events.send(result.id, ASSESS_TASK, [job], key.queue)
         logger.debug("enqueued %s for camera %s group %s on %s", result.id, job["cameraId"], job["groupId"],
                      key.queue)
         return result.id

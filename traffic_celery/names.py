@@ -26,6 +26,11 @@ def camera_id(raw: object) -> str:
     return str(raw)
 
 
+def worker_key(hostname: str) -> str:
+    """A Celery worker's presence (JSON: hostname, pid, queues), alive while the worker consumes."""
+    return f"tc:worker:{hostname}"
+
+
 def snapshot_key(task_id: str) -> str:
     """An alert's copy of its crop, kept longer than the crop itself."""
     return f"tc:snap:{task_id}"

@@ -89,6 +89,5 @@ class Router:
 
 def build_router(settings: Settings, r: redis.Redis, pool: KeyPool) -> Router:
     """The router of settings: its strategy, the shared limiter, and the broker's Redis for queue depths."""
-    broker_url = settings.effective_broker_url
-    broker = connect(settings, broker_url) if broker_url.startswith(("redis://", "rediss://", "unix://")) else None
+    broker = connect(settings, settings.effective_broker_url) if settings.broker_is_redis else None
     return Router(r, pool, build_limiter(settings, r), settings.router, broker)

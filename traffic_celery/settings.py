@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         "else starts the embedded redis-server. Processes started without it use redis_probe_url.")
     redis_probe_url: str = Field("redis://127.0.0.1:6379/0", description="Redis tried when redis_url is unset.")
     broker_url: Optional[str] = Field(None, description="Celery broker; defaults to redis_url.")
+    events_url: Optional[str] = Field(
+        None, description="Where Celery's monitoring events (Flower) go; default: the broker when it is Redis, "
+        "else redis_url (Kafka carries no events: it has no fanout).")
+    kafka_poll_interval: float = Field(
+        0.1, gt=0, le=10, description="Kafka broker: seconds a worker waits on one queue (topic) before it polls "
+        "the next; a worker visits its queues in turn, so this bounds the wait of a task on a quiet queue.")
     redis_timeout: float = Field(5.0, gt=0, le=60, description="Socket timeout for Redis calls, seconds.")
     visibility_timeout: int = Field(
         300, ge=10, description="Seconds before an unacknowledged task is redelivered (Redis broker).")
@@ -152,6 +158,13 @@ class Settings(BaseSettings):
     flower_host: str = Field("127.0.0.1", description="Address Flower binds (loopback only without basic auth).")
     flower_basic_auth: Optional[SecretStr] = Field(None, description="Flower's basic auth, "
                                                    "user:password[,user:password]")
+    metrics_dir: Optional[Path] = Field(
+        None, description="Folder where every process of this machine writes its Prometheus metrics "
+        "(prometheus-client multiprocess mode); the web tier's /metrics shows them all. Empty it before the "
+        "processes start (the launcher does). Unset: a private folder per process tree (a worker and its "
+        "prefork children), served on metrics_port.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Celery workers and capture nodes serve their "
+                              "own /metrics on this port (0: off; the web tier serves it on web_port).")
     log_level: str = Field("INFO")
 
     @field_validator("flower_basic_auth")
@@ -169,6 +182,14 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.effective_redis_url
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.effective_broker_url.startswith(("redis://", "rediss://", "unix://"))
+
+    @property
+    def effective_events_url(self) -> str:
+        return self.events_url or (self.effective_broker_url if self.broker_is_redis else self.effective_redis_url)
 
     @property
     def model_path(self) -> str:

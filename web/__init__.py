@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from traffic_celery.cameras import CaptureNode
 from traffic_celery.detection import shared_detector
-from traffic_celery.dispatch import Dispatcher
+from traffic_celery.dispatch import Dispatcher, sent_events
 from traffic_celery.keys import KeyPool
 from traffic_celery.metrics import AssessmentCollector, KeyPoolCollector
 from traffic_celery.router import build_router
@@ -56,12 +56,12 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     celery = make_app(settings)
     node = None
     if settings.capture_in_web:
-        node = CaptureNode(settings, r, lambda: shared_detector(settings), Dispatcher(celery, router)).start()
+        node = CaptureNode(settings, r, lambda: shared_detector(settings), Dispatcher(celery, router, sent_events(celery, settings))).start()
     hub = EventHub(settings)
     hub.ensure_started()  # relay events from the start, so /api/health reports it ready before any client
     app.extensions[EXTENSION] = Runtime(settings=settings, redis=r, hub=hub,
                                         cameras=CameraRegistry(r), node=node, keys=pool, router=router,
-                                        metrics=registry, health=DeepHealth(settings, celery, pool))
+                                        metrics=registry, health=DeepHealth(settings, celery, pool, r))
 
     from . import auth, cameras_api, errors, openapi, routes, ws
 

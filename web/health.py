@@ -1,19 +1,23 @@
-"""What `/api/health` checks beyond Redis: the broker, the Celery workers (inspect ping) and the LLM providers.
+"""What `/api/health` checks beyond Redis: the broker, the Celery workers (their presence keys in Redis, written
+by `workers.events.Presence` on any broker) and the LLM providers.
 
-The slow checks (a broadcast ping waits for replies; a provider may not answer) are cached for `CACHE_SECONDS`
+The slow checks (a broker connect, a provider that may not answer) are cached for `CACHE_SECONDS`
 so that a load balancer probing often costs one round every few seconds, and run with short timeouts.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from typing import Any
 from urllib.parse import urlparse
 
+import redis
 from celery import Celery
 
+from traffic_celery import names
 from traffic_celery.keys import KeyPool
 from traffic_celery.settings import Settings
 
@@ -33,8 +37,8 @@ def provider_reachable(base_url: str, timeout: float = TIMEOUT) -> tuple[bool, s
 
 
 class DeepHealth:
-    def __init__(self, settings: Settings, celery: Celery, keys: KeyPool):
-        self._settings, self._celery, self._keys = settings, celery, keys
+    def __init__(self, settings: Settings, celery: Celery, keys: KeyPool, r: redis.Redis):
+        self._settings, self._celery, self._keys, self._redis = settings, celery, keys, r
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, Any]] = (0.0, {})
 
@@ -57,15 +61,21 @@ class DeepHealth:
 
     def _workers(self) -> dict[str, Any]:
         try:
-            replies = self._celery.control.inspect(timeout=TIMEOUT).ping() or {}
-        except Exception as exc:
-            return {"ok": False, "seen": [], "error": f"cannot ask the workers ({exc})"}
-        seen = sorted(replies)
-        return {"ok": bool(seen), "seen": seen,
-                **({} if seen else {"error": "no Celery worker answered; start one: python -m workers"})}
+            seen = seen_workers(self._redis)
+        except redis.RedisError as exc:
+            return {"ok": False, "seen": [], "error": f"cannot read the workers' presence ({exc})"}
+        hostnames = [doc["hostname"] for doc in seen]
+        return {"ok": bool(seen), "seen": hostnames,
+                **({} if seen else {"error": "no Celery worker is running; start one: python -m workers"})}
 
     def _providers(self) -> dict[str, Any]:
         urls = sorted({key.base_url or self._settings.llm_base_url for key in self._keys})
         checks = {url: provider_reachable(url) for url in urls}
         return {"ok": all(ok for ok, _ in checks.values()),
                 "endpoints": [{"baseUrl": url, "reachable": ok, "message": msg} for url, (ok, msg) in checks.items()]}
+
+
+def seen_workers(r: redis.Redis) -> list[dict[str, Any]]:
+    """The workers whose presence key is alive (hostname, pid, queues), by hostname."""
+    keys = sorted(r.scan_iter(match=names.worker_key("*"), count=500))
+    return [json.loads(doc) for doc in (r.mget(keys) if keys else []) if doc]

@@ -14,7 +14,7 @@ import threading
 
 from traffic_celery.cameras import CaptureNode
 from traffic_celery.detection import shared_detector
-from traffic_celery.dispatch import Dispatcher
+from traffic_celery.dispatch import Dispatcher, sent_events
 from traffic_celery.keys import KeyPool
 from traffic_celery.logs import setup_logging
 from traffic_celery.redis_conn import connect
@@ -30,7 +30,9 @@ def main() -> None:
     setup_logging(settings, "capture")
     r = connect(settings)
     detector = shared_detector(settings)  # load before claiming: a claimed camera starts at once
-    dispatcher = Dispatcher(make_app(settings), build_router(settings, r, KeyPool.from_settings(settings)))
+    celery = make_app(settings)
+    dispatcher = Dispatcher(celery, build_router(settings, r, KeyPool.from_settings(settings)),
+                            sent_events(celery, settings))
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

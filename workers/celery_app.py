@@ -17,6 +17,9 @@ def make_app(settings: Settings | None = None) -> Celery:
     celery = Celery("traffic_celery", set_as_current=settings is None)
     if settings is None:
         celery.config_from_object("celeryconfig")
+        from workers import events
+
+        events.install(celery)
     else:
         celery.conf.update(celeryconfig.config_for(settings))
     return celery
