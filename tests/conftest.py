@@ -20,6 +20,7 @@ import pytest
 import redis
 import requests
 import websocket
+from prometheus_client.parser import text_string_to_metric_families
 
 from traffic_celery.embedded_redis import EmbeddedRedis, free_port
 from traffic_celery.settings import REPO_ROOT, Settings
@@ -46,6 +47,16 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str | Callable[
         time.sleep(interval)
     what = what() if callable(what) else what
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error!r})")
+
+
+def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of the web tier's /metrics as (name, labels, value)."""
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(
+        requests.get(url + "/metrics", timeout=5).text) for s in family.samples]
+
+
+def total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    return sum(value for n, ls, value in samples if n == name and all(ls.get(k) == v for k, v in labels.items()))
 
 
 class Proc:
@@ -135,6 +146,8 @@ def base_env(redis_server, tmp_path_factory) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "YOLO_OFFLINE": "1",
         "YOLO_CONFIG_DIR": str(tmp_path_factory.mktemp("ultralytics")),
+        # every process of the session writes its metrics here, so the web tier's /metrics shows the workers too
+        "TC_METRICS_DIR": str(tmp_path_factory.mktemp("metrics")),
     })
     return env
 

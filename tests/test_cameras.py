@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from .conftest import Proc, start_web, wait_for
+from .conftest import Proc, scrape, start_web, total, wait_for
 from .mjpeg_server import MjpegServer, StalledServer
 
 
@@ -55,6 +55,7 @@ def test_mjpeg_camera_that_dies_comes_back_and_resumes(web, ws_factory, mjpeg):
     cameras = requests.get(web + "/api/cameras", timeout=5).json()
     (entry,) = [c for c in cameras if c["cameraId"] == "http-cam"]
     assert entry["state"] == "online" and entry["reconnects"] >= 2
+    assert total(scrape(web), "tc_camera_reconnects_total", camera="http-cam") >= entry["reconnects"]
 
 
 def test_two_viewers_on_two_web_processes_share_one_loop_and_get_the_same_assessments(web, system_env, log_dir, ws_factory, mjpeg):
@@ -187,9 +188,10 @@ def test_a_dead_capture_node_s_cameras_restart_on_another(system_env, log_dir, w
 
 def test_frames_are_rate_limited_per_client_and_a_stalled_client_slows_nothing(system_env, log_dir, ws_factory,
                                                                                 sample_video):
-    env = {**on_db(system_env, 4), "TC_FRAME_INTERVAL": "0.1", "TC_WS_FRAME_RATE": "2"}
+    env = {**on_db(system_env, 4), "TC_FRAME_INTERVAL": "0.1", "TC_WS_FRAME_RATE": "1"}
     proc, url = start_web(env, log_dir, "web-rate")
     try:
+        dropped_before = total(scrape(url), "tc_websocket_frames_dropped_total")
         reader, stalled = ws_factory(url), ws_factory(url)
         stalled.send("subscribe", {"cameraId": "fast"})  # and never reads again
         reader.send("start_stream", {"cameraId": "fast", "rtspUrl": str(sample_video)})
@@ -206,9 +208,13 @@ def test_frames_are_rate_limited_per_client_and_a_stalled_client_slows_nothing(s
                 got += 1
         elapsed = time.monotonic() - started
         loop_rate = (analysed() - analysed_before) / elapsed
-        assert got / elapsed <= 2.0 + 1 / elapsed, f"{got} frames in {elapsed:.1f}s"  # at most 2/s (+1 edge)
-        assert got / elapsed >= 1.0
-        assert loop_rate > 3.0, f"the loop analysed {loop_rate:.1f} frames/s with a client that does not read"
+        assert got / elapsed <= 1.0 + 1 / elapsed, f"{got} frames in {elapsed:.1f}s"  # at most 1/s (+1 edge)
+        assert got / elapsed >= 0.5
+        # the loop runs as fast as detection allows (2.5-8 frames/s on the machines seen), not at the clients' pace
+        assert loop_rate > 1.5, f"the loop analysed {loop_rate:.1f} frames/s with a client that does not read"
+        # newest-wins at 1 frame/s: each client skipped the other frames, and every skip was counted
+        dropped = total(scrape(url), "tc_websocket_frames_dropped_total") - dropped_before
+        assert dropped >= (analysed() - analysed_before) / 3, f"{dropped} frames counted as dropped"
     finally:
         proc.stop()
 

@@ -5,6 +5,8 @@ service. With the docker client installed, `docker compose config` validates the
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import shutil
 import subprocess
 
@@ -13,6 +15,8 @@ import yaml
 
 from traffic_celery.keys import load_keys
 from traffic_celery.settings import REPO_ROOT, Settings
+
+from .conftest import scrape
 
 DEPLOYMENT = REPO_ROOT / "deployment"
 
@@ -54,15 +58,54 @@ def test_every_key_of_the_keys_file_has_a_worker_on_its_queue(compose):
     assert "results" in queues
 
 
+def test_compose_has_every_part_of_the_system(compose):
+    assert {"redis", "kafka", "web", "results", "flower", "provider", "prometheus", "grafana"} <= set(
+        compose["services"])
+    assert compose["services"]["provider"]["profiles"] == ["demo"]
+
+
 def test_prometheus_scrapes_services_of_the_compose_file(compose):
     config = yaml.safe_load((DEPLOYMENT / "prometheus.yml").read_text())
-    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets
+    metrics_port = compose["x-app"]["environment"]["TC_METRICS_PORT"]
+    targets = [t for job in config["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]]
+    targets += [f"{name}:{sd['port']}" for job in config["scrape_configs"] for sd in job.get("dns_sd_configs", [])
+                for name in sd["names"]]
+    assert len(targets) >= 5
     for target in targets:
         host, port = target.split(":")
         assert host in compose["services"], target
         published = [p.split(":")[-1] for p in compose["services"][host].get("ports", [])]
-        assert port in published or host == "web", target
+        app_service = compose["services"][host].get("image") == compose["x-app"]["image"]
+        assert port in published or host == "web" or (app_service and port == metrics_port), target
+    scraped_hosts = {t.split(":")[0] for t in targets}
+    workers = {name for name, cmd in commands(compose).items() if cmd[:3] == ["python", "-m", "workers"]}
+    assert workers <= scraped_hosts, "every worker's metrics are scraped"
+
+
+def test_grafana_dashboard_uses_only_metrics_the_system_exports(web):
+    """Every `tc_*` series a panel queries is one the system exports (the web tier's /metrics, or an instrument
+    not touched yet in this session); the data source is the provisioned one."""
+    from traffic_celery import instruments
+
+    dashboard = json.loads((DEPLOYMENT / "grafana" / "dashboards" / "traffic_celery.json").read_text())
+    datasource = yaml.safe_load((DEPLOYMENT / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
+                                .read_text())["datasources"][0]
+    exported = {name for name, _, _ in scrape(web)}
+    for metric in vars(instruments.get()).values():
+        for family in metric.describe():
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}.get(family.type, [""])
+            exported |= {family.name + suffix for suffix in suffixes}
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len(panels) >= 15
+    queried = set()
+    for panel in panels:
+        assert panel["datasource"]["uid"] == datasource["uid"]
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"\btc_[a-z0-9_]+", target["expr"]))
+    assert queried and queried <= exported, f"not exported: {sorted(queried - exported)}"
+    for needed in ("tc_assessments_total", "tc_llm_key_queue_depth", "tc_llm_request_duration_seconds_bucket",
+                   "tc_llm_key_rate_limited_total", "tc_tasks_succeeded_total"):
+        assert needed in queried
 
 
 def has_compose() -> bool:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import requests
 
 from traffic_celery import names
 from traffic_celery.assessment import GroupResult
 
-from .conftest import wait_for
+from .conftest import scrape, total, wait_for
 
 RISK_FIELDS = {"cameraId", "groupId", "taskId", "riskLevel", "riskTypes", "description", "confidence",
                "dangerObjectIds", "llmLatency", "llmModel", "apiKeyId"}
@@ -101,3 +102,76 @@ def test_llm_calls_made_and_saved_are_counted_and_each_call_gives_one_assessment
     text = requests.get(web + "/metrics", timeout=5).text
     assert metric(text, "tc_assessment_calls_total") == after["callsTotal"]
     assert metric(text, "tc_assessment_calls_saved_total") == after["saved"]
+
+
+TASK_COUNTERS = ("tc_frames_analysed_total", "tc_detection_duration_seconds_count", "tc_tasks_enqueued_total", "tc_tasks_started_total", "tc_tasks_succeeded_total",
+                 "tc_tasks_failed_total", "tc_tasks_retried_total")
+
+
+def test_metrics_of_every_process_move_by_what_a_run_caused(web, ws_factory, sample_video):
+    """The web tier's /metrics sums the web process (capture loops, WebSocket) and the worker's prefork
+    children (tasks, LLM, callbacks): after one camera's run each counter moved by what that run did."""
+    def work() -> list[float]:
+        samples = scrape(web)
+        return [total(samples, name) for name in TASK_COUNTERS]
+
+    def settled() -> bool:
+        first = work()
+        time.sleep(0.5)  # two scrapes half a second apart: nothing moved in between
+        return first == work()
+
+    wait_for(settled, 20, "earlier tests' loops and tasks to finish")
+    before, stats_before = scrape(web), requests.get(web + "/api/assessments/stats", timeout=5).json()
+    client = ws_factory(web)
+    assert total(scrape(web), "tc_websocket_clients") >= 1
+    client.send("start_stream", {"cameraId": "metered", "rtspUrl": str(sample_video)})
+    frames = [client.wait(lambda m: m["type"] == "detection_result", 60, "frames")["data"] for _ in range(12)]
+    client.send("stop_stream", {"cameraId": "metered"})
+    client.wait(lambda m: m["type"] == "stream_stopped", 20, "stream_stopped")
+    made = requests.get(web + "/api/assessments/stats", timeout=5).json()["callsTotal"] - stats_before["callsTotal"]
+    assert made >= 1
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    def callbacks_done() -> bool:
+        nonlocal after
+        if not settled():
+            return False
+        after = scrape(web)
+        return delta("tc_tasks_succeeded_total", task="workers.results.on_assessment") == made
+
+    after: list = []
+    wait_for(callbacks_done, 30, lambda: f"{made} callbacks counted, got "
+             f"{delta('tc_tasks_succeeded_total', task='workers.results.on_assessment')}")
+
+    # capture, in the web process
+    analysed = delta("tc_frames_analysed_total", camera="metered")
+    assert analysed >= len(frames)
+    assert delta("tc_detection_duration_seconds_count") == delta("tc_frames_analysed_total") >= analysed
+    assert delta("tc_objects_detected_total", **{"class": "person"}) >= sum(
+        1 for f in frames for o in f["detectedObjects"] if o["class"] == "person") > 0
+    assert delta("tc_traffic_groups_total", camera="metered") >= sum(len(f["trafficGroups"]) for f in frames) > 0
+    # tasks, published by the web process (assessments) and the worker (retries, callbacks), run by the worker
+    assess, callback = "workers.assess.assess_group", "workers.results.on_assessment"
+    retried = delta("tc_tasks_retried_total", task=assess)
+    assert delta("tc_tasks_enqueued_total", task=assess) == made + retried
+    assert delta("tc_tasks_started_total", task=assess) == made + retried
+    assert delta("tc_tasks_succeeded_total", task=assess) == made
+    assert delta("tc_tasks_enqueued_total", task=callback, queue="results") == made
+    assert delta("tc_tasks_failed_total") == 0
+    assert {ls["queue"] for n, ls, _ in after if n == "tc_tasks_succeeded_total" and ls["task"] == assess} <= {
+        "llm.test-a", "llm.test-b"}
+    # the LLM, per key and model, in the worker's children; and the same calls in the keys' shared state
+    assert delta("tc_llm_request_duration_seconds_count", model="qwen-vl-plus") == made
+    assert delta("tc_llm_tokens_total", kind="prompt") > 600 * made - 1
+    assert delta("tc_llm_key_calls_total") == made + retried
+    # results: one per call, by risk level as the clients saw them
+    while client.next(0.2) is not None:
+        pass
+    seen = [m["data"]["riskLevel"] for m in client.seen
+            if m["type"] == "risk_assessment" and m["data"]["cameraId"] == "metered"]
+    assert len(seen) == made
+    for level in ("none", "low", "medium", "high"):
+        assert delta("tc_assessments_total", risk_level=level) == seen.count(level)
+    assert delta("tc_assessment_latency_seconds_count") == made

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import redis
 
-from . import names, results
+from . import instruments, names, results
 from .detection import Detector
 from .grouping import GroupIds, group_detections
 from .motion import Motion
@@ -118,7 +118,9 @@ class CaptureLoop:
         source: Optional[FrameSource] = None
         try:
             options = SourceOptions.from_settings(self._settings, retry_unopened=self.config.verified)
-            source = self.source = FrameSource(self.url, options, on_state=self._on_state).start()
+            reconnects = instruments.get().camera_reconnects.labels(self.camera_id)
+            source = self.source = FrameSource(self.url, options, on_state=self._on_state,
+                                               on_reconnect=reconnects.inc).start()
             detector = self._detector()
             self._tracker = Tracker()
             self.log.info("capture started on %s", self.url)
@@ -176,10 +178,12 @@ class CaptureLoop:
         started = time.monotonic()
         ts = time.time() if ts is None else ts
         detections = detector.detect(frame, self._tracker)
+        detected = time.monotonic()
         self.frames_analysed += 1
         groups = self._group_ids.assign(group_detections(
             detections, self._settings.group_link_factor, self._settings.min_group_size,
             motion=self._motion, ts=ts, pv_link_factor=self._settings.group_pv_link_factor))
+        self._count(detections, len(groups), detected - started)
         self._motion.observe(ts, detections)
         analysis = FrameAnalysis(self.camera_id, ts, frame.shape[1], frame.shape[0], detections, groups)
         due = self.scheduler.due(groups, ts)
@@ -199,6 +203,15 @@ class CaptureLoop:
         if self.first_frame_done is None:
             self.first_frame_done = self.last_frame_done
         return analysis
+
+    def _count(self, detections: list[Any], groups: int, seconds: float) -> None:
+        metrics = instruments.get()
+        metrics.frames_analysed.labels(self.camera_id).inc()
+        metrics.detection_seconds.observe(seconds)
+        for cls in {d.cls for d in detections}:
+            metrics.objects.labels(cls).inc(sum(1 for d in detections if d.cls == cls))
+        if groups:
+            metrics.groups.labels(self.camera_id).inc(groups)
 
     def _enqueue_group(self, frame: np.ndarray, group: TrafficGroup, ts: float, reason: str) -> None:
         image_key = results.store_image(self._redis, encode_jpeg(crop(frame, group.bbox), 85),

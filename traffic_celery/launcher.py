@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,11 @@ class Child:
 
 
 def child_env(settings: Settings, redis_url: str) -> dict[str, str]:
+    """The children's environment: the Redis found, and one metrics folder (emptied now) that they all write, so
+    the web tier's /metrics shows the workers too."""
+    metrics_dir = settings.metrics_dir or REPO_ROOT / ".run" / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    Path(metrics_dir).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)
     env.update({
@@ -73,6 +79,7 @@ def child_env(settings: Settings, redis_url: str) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "TC_LLM_BASE_URL": settings.llm_base_url,
         "TC_FLOWER_PORT": str(settings.flower_port),
+        "TC_METRICS_DIR": str(metrics_dir),
     })
     return env
 

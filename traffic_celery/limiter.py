@@ -202,7 +202,8 @@ class KeyLimiter:
         return {"state": state, "disabledReason": disabled.decode() if disabled else None,
                 "cooldownLeft": round(max(cool_ms, 0) / 1000, 3), "inFlight": int(in_flight),
                 "calls": stats.get("calls", 0), "successes": stats.get("successes", 0),
-                "rateLimited": stats.get("rate_limited", 0), "failures": stats.get("failures", 0)}
+                "rateLimited": stats.get("rate_limited", 0), "failures": stats.get("failures", 0),
+                "cooldowns": stats.get("cooldowns", 0)}
 
     def _now(self) -> float:
         sec, usec = self._redis.time()

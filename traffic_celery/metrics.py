@@ -43,7 +43,8 @@ class KeyPoolCollector(Collector):
         counters = {name: CounterMetricFamily(f"tc_llm_key_{name}", help_, labels=["key"]) for name, help_ in (
             ("calls", "LLM calls made with the key"), ("successes", "LLM calls that returned an assessment"),
             ("rate_limited", "429 answers the key received"), ("failures", "failed LLM calls (5xx, timeouts, "
-                                                                           "bad replies, 401/403)"))}
+                                                                           "bad replies, 401/403)"),
+            ("cooldowns", "cooldowns the key entered after a 429"))}
         gauges = {name: GaugeMetricFamily(f"tc_llm_key_{name}", help_, labels=["key"]) for name, help_ in (
             ("in_flight", "calls in flight (live leases)"), ("cooldown_seconds", "cooldown left"),
             ("queue_depth", "tasks waiting on the key's queue"), ("disabled", "1 when the key is disabled"),
@@ -51,7 +52,7 @@ class KeyPoolCollector(Collector):
         for s in stats:
             labels = [str(s["id"])]
             for name, field in (("calls", "calls"), ("successes", "successes"), ("rate_limited", "rateLimited"),
-                                ("failures", "failures")):
+                                ("failures", "failures"), ("cooldowns", "cooldowns")):
                 counters[name].add_metric(labels, float(s[field]))  # type: ignore[arg-type]
             gauges["in_flight"].add_metric(labels, float(s["inFlight"]))  # type: ignore[arg-type]
             gauges["cooldown_seconds"].add_metric(labels, float(s["cooldownLeft"]))  # type: ignore[arg-type]

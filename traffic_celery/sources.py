@@ -131,12 +131,13 @@ class FrameSource:
     good (`ended` says why)."""
 
     def __init__(self, url: str, options: SourceOptions = SourceOptions(),
-                 on_state: Optional[StateCallback] = None):
+                 on_state: Optional[StateCallback] = None, on_reconnect: Optional[Callable[[], None]] = None):
         self.url = url
         self.options = options
         self._file = is_file_source(url)
         self.fast = self._file and options.pace == "fast"  # every frame handed over, none skipped
         self._on_state = on_state or (lambda state, message: None)
+        self._on_reconnect = on_reconnect or (lambda: None)
         self._frame: Optional[np.ndarray] = None
         self._seq = 0
         self._taken = 0
@@ -186,6 +187,7 @@ class FrameSource:
                         return
                 attempt += 1
                 self.reconnects += 1
+                self._on_reconnect()
                 delay, capped = backoff_delay(attempt, self.options.reconnect_initial, self.options.reconnect_max)
                 self._set_state(OFFLINE if capped else RECONNECTING,
                                 f"{reason}; reconnect attempt {attempt} in {delay:.1f}s")

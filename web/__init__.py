@@ -7,8 +7,8 @@ import threading
 from typing import Any, Optional
 
 from flask import Flask
-from prometheus_client import CollectorRegistry
 
+from traffic_celery import instruments
 from traffic_celery.cameras import CaptureNode
 from traffic_celery.detection import shared_detector
 from traffic_celery.dispatch import Dispatcher, sent_events
@@ -37,6 +37,7 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     """Build the app. Unless `capture_in_web` is off, this process is also a capture node: it starts the
     registered cameras it can claim (threads), including those of a web tier that ran before it."""
     settings = settings or get_settings()
+    instruments.configure(settings)  # before any instrument is touched
     from workers.celery_app import make_app  # a producer: tasks are sent by name, never imported
 
     app = Flask(__name__, static_folder="static", static_url_path="/static")
@@ -50,9 +51,7 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     r = connect(settings)
     pool = KeyPool.from_settings(settings)
     router = build_router(settings, r, pool)
-    registry = CollectorRegistry()
-    registry.register(KeyPoolCollector(pool, router.limiter, router))
-    registry.register(AssessmentCollector(r))
+    registry = instruments.registry(KeyPoolCollector(pool, router.limiter, router), AssessmentCollector(r))
     celery = make_app(settings)
     node = None
     if settings.capture_in_web:

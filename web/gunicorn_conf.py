@@ -7,10 +7,12 @@ the same rule as `python -m web`: without `TC_API_TOKEN`, loopback only. On exit
 
 from __future__ import annotations
 
+from traffic_celery import instruments
 from traffic_celery.settings import get_settings
 from web.auth import bind_address
 
 _settings = get_settings()
+instruments.configure(_settings)  # one metrics folder for the workers this master forks: each /metrics sums all
 bind = [f"{bind_address(_settings)}:{_settings.web_port}"]
 worker_class = "gthread"
 workers = _settings.web_workers  # -w on the command line wins
@@ -26,6 +28,10 @@ def worker_exit(server, worker) -> None:  # noqa: ANN001 (gunicorn's hook signat
         runtime(worker.wsgi).close()
     except Exception:  # the app may not have been built
         server.log.exception("closing the web runtime failed")
+
+
+def child_exit(server, worker) -> None:  # noqa: ANN001
+    instruments.process_exited(worker.pid)  # its WebSocket clients gauge goes with it
 
 
 def post_worker_init(worker) -> None:  # noqa: ANN001

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from traffic_celery import names
+from traffic_celery import instruments, names
 from traffic_celery.redis_conn import listen
 from traffic_celery.settings import Settings
 
@@ -46,6 +46,7 @@ class Client:
             self._events.put_nowait(message)
         except queue.Full:
             self.events_dropped += 1
+            instruments.get().ws_events_dropped.inc()
             logger.warning("client %s is not reading; dropped an event", self.id)
         self._wake.set()
 
@@ -53,6 +54,7 @@ class Client:
         with self._lock:
             if camera_id in self._frames:
                 self.frames_dropped += 1
+                instruments.get().ws_frames_dropped.inc()
             self._frames[camera_id] = message
         self._wake.set()
 
@@ -111,11 +113,14 @@ class EventHub:
             self._next_id += 1
             client = Client(ws, self._next_id, frame_rate=self._settings.ws_frame_rate)
             self._clients[client.id] = client
+        instruments.get().ws_clients.inc()
         return client
 
     def remove(self, client: Client) -> None:
         with self._lock:
-            self._clients.pop(client.id, None)
+            gone = self._clients.pop(client.id, None)
+        if gone is not None:
+            instruments.get().ws_clients.dec()
         client.close()
 
     @property

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from celery.exceptions import Retry
 
-from traffic_celery import assessment, llm_client, results
+from traffic_celery import assessment, instruments, llm_client, results
 from traffic_celery.keys import ApiKey
 from traffic_celery.router import NoKeyAvailable
 from traffic_celery.settings import get_settings
@@ -120,6 +120,7 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
         cooldown = exc.retry_after if exc.retry_after is not None else \
             limiter().next_backoff(key, settings.cooldown_first, settings.cooldown_max)
         limiter().cool_down(key, cooldown)
+        limiter().count(key, "cooldowns")
         logger.warning("key %s answered 429; cooling it for %.1fs", key.id, cooldown)
         raise _move(self, job, key, "rate-limited by the provider") from None
     except llm_client.AuthRejected as exc:
@@ -141,6 +142,10 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
         limiter().count(key, "calls")  # after the send: nothing but the HTTP call between grant and provider
         limiter().release(key, grant.lease)
     limiter().succeeded(key)
+    metrics = instruments.get()
+    metrics.llm_seconds.labels(key.id, completion.model).observe(completion.latency)
+    metrics.llm_tokens.labels(key.id, completion.model, "prompt").inc(completion.prompt_tokens)
+    metrics.llm_tokens.labels(key.id, completion.model, "completion").inc(completion.completion_tokens)
     return {
         "cameraId": job["cameraId"], "groupId": job["groupId"], "groupIndex": job["groupIndex"],
         "taskId": task_id, "riskLevel": result.riskLevel, "riskTypes": result.riskTypes,

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 
+from traffic_celery import instruments
 from traffic_celery.cameras import CaptureNode
 from traffic_celery.detection import shared_detector
 from traffic_celery.dispatch import Dispatcher, sent_events
@@ -28,6 +29,8 @@ logger = logging.getLogger("workers.capture")
 def main() -> None:
     settings = get_settings()
     setup_logging(settings, "capture")
+    instruments.configure(settings)
+    instruments.serve(settings)
     r = connect(settings)
     detector = shared_detector(settings)  # load before claiming: a claimed camera starts at once
     celery = make_app(settings)

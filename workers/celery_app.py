@@ -17,7 +17,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     celery = Celery("traffic_celery", set_as_current=settings is None)
     if settings is None:
         celery.config_from_object("celeryconfig")
-        from workers import events
+        from workers import events, task_metrics  # noqa: F401  (task_metrics connects Celery's signals)
 
         events.install(celery)
     else:

@@ -9,13 +9,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from traffic_celery import results
-from workers.celery_app import app
+from traffic_celery import instruments, results
 from traffic_celery.settings import get_settings
+from workers.celery_app import app
 from workers.context import redis_client
 
 
 @app.task(acks_late=True)
 def on_assessment(assessment: dict[str, Any]) -> None:
-    results.store_assessment(redis_client(), {**assessment, "assessedAt": time.time()},
-                             snapshot_ttl=get_settings().snapshot_ttl)
+    assessed_at = time.time()
+    if results.store_assessment(redis_client(), {**assessment, "assessedAt": assessed_at},
+                                snapshot_ttl=get_settings().snapshot_ttl):
+        metrics = instruments.get()
+        metrics.assessments.labels(assessment["riskLevel"]).inc()
+        metrics.assessment_latency.observe(max(0.0, assessed_at - assessment["frameTimestamp"]))

@@ -1,0 +1,119 @@
+"""The Prometheus instruments every process updates, in prometheus-client's multiprocess mode.
+
+Every process (web tier, capture node, Celery worker and its prefork children) writes its samples to files in
+one folder, and whoever is scraped sums them (:func:`registry`): the web tier's `/metrics`, or a worker's or
+capture node's own exporter on `TC_METRICS_PORT` (:func:`serve`). The folder is `TC_METRICS_DIR` when set (every
+process of the machine: the launcher sets and empties it), else a private one per process tree (a worker and its
+children), removed at exit.
+
+:func:`configure` must run before the first instrument is touched; the entry points call it first thing.
+:func:`get` then returns the instruments (made on first use, so they always land in the configured folder).
+Figures that live in Redis (per-key state, the scheduler's counts) are added at scrape time by the collectors of
+:mod:`traffic_celery.metrics`. Labels are bounded: camera id, COCO class, queue, task, key id, model, risk level.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server, values
+from prometheus_client.registry import Collector
+
+from .settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+_state: dict[str, object] = {}
+
+FAST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+
+
+def configure(settings: Settings) -> Path:
+    """Switch this process to multiprocess mode on its metrics folder (idempotent); returns the folder."""
+    if "dir" in _state:
+        return _state["dir"]  # type: ignore[return-value]
+    if settings.metrics_dir is not None:
+        folder = Path(settings.metrics_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="tc-metrics-"))
+        owner = os.getpid()
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)  # prometheus-client reads its folder from here
+    values.ValueClass = values.MultiProcessValue()
+    _state["dir"] = folder
+    atexit.register(process_exited)
+    return folder
+
+
+def process_exited(pid: Optional[int] = None) -> None:
+    """Drop the live gauges of a process that ended (its counters stay: they are totals)."""
+    if "dir" in _state:
+        multiprocess.mark_process_dead(pid or os.getpid(), str(_state["dir"]))
+
+
+def registry(*collectors: Collector) -> CollectorRegistry:
+    """What a scrape shows: every process's instruments from the folder, plus `collectors` (read at scrape)."""
+    reg = CollectorRegistry()
+    multiprocess.MultiProcessCollector(reg, str(_state.get("dir") or configure(get_settings())))
+    for collector in collectors:
+        reg.register(collector)
+    return reg
+
+
+def serve(settings: Settings, *collectors: Collector) -> None:
+    """Serve /metrics on `TC_METRICS_PORT` (workers, capture nodes); nothing when it is 0."""
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, registry=registry(*collectors))
+        logger.info("metrics on :%d/metrics", settings.metrics_port)
+
+
+class Instruments:
+    def __init__(self) -> None:
+        # capture and detection
+        self.frames_analysed = Counter("tc_frames_analysed", "frames run through detection", ["camera"])
+        self.detection_seconds = Histogram("tc_detection_duration_seconds", "detection and tracking of one frame",
+                                           buckets=FAST_BUCKETS)
+        self.objects = Counter("tc_objects_detected", "objects detected in analysed frames", ["class"])
+        self.groups = Counter("tc_traffic_groups", "traffic groups found in analysed frames", ["camera"])
+        self.camera_reconnects = Counter("tc_camera_reconnects", "reconnect attempts after a lost stream",
+                                         ["camera"])
+        # Celery tasks (workers/task_metrics.py)
+        self.tasks_enqueued = Counter("tc_tasks_enqueued", "tasks published (first sends, retries, callbacks)",
+                                      ["queue", "task"])
+        self.tasks_started = Counter("tc_tasks_started", "tasks a worker started", ["queue", "task"])
+        self.tasks_succeeded = Counter("tc_tasks_succeeded", "tasks that returned", ["queue", "task"])
+        self.tasks_failed = Counter("tc_tasks_failed", "tasks that failed for good", ["queue", "task"])
+        self.tasks_retried = Counter("tc_tasks_retried", "tasks retried or moved to another key's queue",
+                                     ["queue", "task"])
+        self.task_seconds = Histogram("tc_task_duration_seconds", "task run time in the worker", ["task"],
+                                      buckets=SLOW_BUCKETS)
+        # the LLM
+        self.llm_seconds = Histogram("tc_llm_request_duration_seconds", "chat-completions calls that answered",
+                                     ["key", "model"], buckets=SLOW_BUCKETS)
+        self.llm_tokens = Counter("tc_llm_tokens", "tokens the provider counted", ["key", "model", "kind"])
+        # results and viewers
+        self.assessments = Counter("tc_assessments", "assessments stored and sent to clients", ["risk_level"])
+        self.assessment_latency = Histogram("tc_assessment_latency_seconds", "from the frame to the stored "
+                                            "assessment", buckets=SLOW_BUCKETS)
+        self.ws_clients = Gauge("tc_websocket_clients", "open WebSocket clients", multiprocess_mode="livesum")
+        self.ws_frames_dropped = Counter("tc_websocket_frames_dropped", "frames replaced by a newer one before a "
+                                         "slow client took them")
+        self.ws_events_dropped = Counter("tc_websocket_events_dropped", "events dropped for a client that does "
+                                         "not read")
+
+
+@functools.lru_cache(maxsize=1)
+def get() -> Instruments:
+    """The process's instruments (configuring multiprocess mode from the settings if nobody did)."""
+    if "dir" not in _state:
+        configure(get_settings())
+    return Instruments()
