@@ -19,7 +19,7 @@ import requests
 
 from traffic_celery.embedded_redis import free_port
 
-from .conftest import Proc, start_web, wait_for
+from .conftest import Proc, scrape, start_web, total, wait_for
 
 FLOWER_AUTH = ("ops", "kafka-flower-secret")
 
@@ -58,8 +58,11 @@ def kafka_env(system_env, kafka_url, redis_server) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def kafka_system(kafka_env, log_dir) -> Iterator[dict[str, object]]:
-    worker = Proc("kafka-worker", [sys.executable, "-m", "workers", "--hostname", "kafka-worker@%h"], kafka_env,
-                  log_dir)
+    # this worker keeps its metrics to itself (no shared folder) and serves them on its own port
+    metrics_port = free_port()
+    worker_env = {k: v for k, v in kafka_env.items() if k != "TC_METRICS_DIR"}
+    worker = Proc("kafka-worker", [sys.executable, "-m", "workers", "--hostname", "kafka-worker@%h"],
+                  {**worker_env, "TC_METRICS_PORT": str(metrics_port)}, log_dir)
     flower_port = free_port()
     flower = Proc("kafka-flower", [sys.executable, "-m", "workers.flower"],
                   {**kafka_env, "TC_FLOWER_PORT": str(flower_port)}, log_dir)
@@ -67,7 +70,8 @@ def kafka_system(kafka_env, log_dir) -> Iterator[dict[str, object]]:
     try:
         wait_for(lambda: worker.alive() and "ready." in worker.output(), 60, "the Celery worker on Kafka")
         web_proc, url = start_web(kafka_env, log_dir, "kafka-web")
-        yield {"web": url, "flower": f"http://127.0.0.1:{flower_port}", "worker": worker}
+        yield {"web": url, "flower": f"http://127.0.0.1:{flower_port}", "worker": worker,
+               "worker_metrics": f"http://127.0.0.1:{metrics_port}"}
     finally:
         for proc in (web_proc, flower, worker):
             if proc is not None:
@@ -103,4 +107,11 @@ def test_assessments_travel_over_kafka_and_flower_shows_the_tasks(kafka_system, 
     assert info["name"] == "workers.assess.assess_group" and info["worker"].startswith("kafka-worker@")
     assert info["routing_key"] in ("llm.test-a", "llm.test-b")
     assert requests.get(f"{flower}/api/tasks", timeout=5).status_code == 401
+
+    # the worker's own exporter sums its prefork children: both tasks counted, on the Kafka topics they came from
+    samples = scrape(str(kafka_system["worker_metrics"]))
+    succeeded = {ls["queue"]: v for n, ls, v in samples
+                 if n == "tc_tasks_succeeded_total" and ls["task"] == "workers.assess.assess_group"}
+    assert set(succeeded) <= {"llm.test-a", "llm.test-b"} and sum(succeeded.values()) >= 2
+    assert total(samples, "tc_llm_request_duration_seconds_count") >= 2
     assert "tk-test-secret" not in requests.get(f"{flower}/api/tasks", auth=FLOWER_AUTH, timeout=5).text
