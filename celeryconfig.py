@@ -19,7 +19,13 @@ from traffic_celery.settings import Settings, get_settings
 
 def config_for(settings: Settings) -> dict[str, Any]:
     if settings.broker_is_redis:
-        transport_options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+        # a task whose worker died unacknowledged goes back on its queue after the visibility timeout; kombu
+        # looks for such tasks every unacked_restore_interval x throttle seconds (100 s by default): make it
+        # a fifth of the timeout, at most 10 s
+        transport_options: dict[str, Any] = {
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 5)),
+            "unacked_restore_throttle": 1}
     else:
         transport_options = {"wait_time_seconds": settings.kafka_poll_interval}
     return {
@@ -36,6 +42,10 @@ def config_for(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # no task holds a worker slot for ever: a call ends at TC_LLM_TIMEOUT, so these only catch the
+        # unforeseen (a provider trickling bytes, a stuck DNS lookup); the soft limit retries, the hard one kills
+        "task_soft_time_limit": settings.llm_timeout + settings.limit_max_wait + 30,
+        "task_time_limit": settings.llm_timeout + settings.limit_max_wait + 60,
         "task_default_queue": RESULTS_QUEUE,
         "task_routes": {"workers.results.*": {"queue": RESULTS_QUEUE}},
         # events for Flower

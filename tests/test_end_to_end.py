@@ -58,9 +58,9 @@ def test_sample_video_yields_detections_and_assessments(web, ws_factory, sample_
     assert stopped["data"]["cameraId"] == "101"
 
 
-def test_bad_camera_url_gives_clear_status_and_error(web, ws_factory, tmp_path):
+def test_bad_camera_url_gives_clear_status_and_error(web, ws_factory, sample_video):
     client = ws_factory(web)
-    missing = tmp_path / "no-such-video.avi"
+    missing = sample_video.parent / "no-such-video.avi"  # in the media folder, so it is tried (and fails)
     client.send("start_stream", {"cameraId": "cam-bad", "rtspUrl": str(missing)})
     status = client.wait(lambda m: m["type"] == "camera_status", 30, "camera_status")
     assert status["data"]["status"] == 0
@@ -69,6 +69,40 @@ def test_bad_camera_url_gives_clear_status_and_error(web, ws_factory, tmp_path):
     assert error["data"]["code"] == "camera_failed" and error["data"]["cameraId"] == "cam-bad"
     client.send("ping")
     client.wait(lambda m: m["type"] == "pong", 10, "pong after a failed camera")
+
+
+REFUSED = [
+    ("/etc/passwd", "outside the media folder"),
+    ("file:///etc/hostname", "outside the media folder"),
+    ("../../../../etc/passwd", "outside the media folder"),
+    ("ftp://example.com/cam", "unsupported camera URL scheme"),
+    ("data:text/plain,hello", "unsupported camera URL scheme"),
+    ("concat:/etc/passwd|/etc/hostname", "unsupported camera URL scheme"),
+    ("rtsp:///no-host", "has no host"),
+    ("9999", "out of range"),
+    ("cam\n2.avi", "control characters"),
+]
+
+
+def test_camera_urls_outside_the_media_folder_or_of_other_schemes_are_refused(web, ws_factory, redis_client):
+    """No reading arbitrary files (or FFmpeg protocols) through the camera API: each refusal names the reason
+    and what is accepted, on the WebSocket and on REST, and nothing is registered."""
+    client = ws_factory(web)
+    for url, reason in REFUSED:
+        client.send("start_stream", {"cameraId": "probe-me", "rtspUrl": url})
+        error = client.wait(lambda m: m["type"] == "error", 10, f"the refusal of {url!r}")["data"]
+        assert error["code"] == "invalid_url" and reason in error["message"], (url, error)
+        assert "TC_MEDIA_DIR" in error["message"] or reason in ("control characters",)
+        r = requests.post(web + "/api/cameras", json={"cameraId": "probe-me", "url": url}, timeout=5)
+        assert r.status_code == 400 and r.json()["field"] == "url" and reason in r.json()["error"], (url, r.text)
+    assert not redis_client.hexists(names.CAMERAS, "probe-me")
+    # a path relative to the media folder is accepted and stored resolved
+    r = requests.post(web + "/api/cameras", json={"cameraId": "rel", "url": "vtest.avi", "enabled": False},
+                      timeout=5)
+    assert r.status_code == 201 and r.json()["url"].endswith("/.media/vtest.avi"), r.text
+    assert requests.patch(web + "/api/cameras/rel", json={"url": "/etc/passwd"}, timeout=5).status_code == 400
+    client.send("ping")
+    client.wait(lambda m: m["type"] == "pong", 10, "pong after the refusals")
 
 
 def test_llm_calls_made_and_saved_are_counted_and_each_call_gives_one_assessment(web, ws_factory, sample_video):

@@ -20,7 +20,7 @@ def test_gunicorn_workers_all_deliver_frames_and_assessments(system_env, log_dir
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: proc.alive() and requests.get(url + "/api/health", timeout=2).ok, 60, "gunicorn")
-        assert proc.output().count("Booting worker") == 3
+        wait_for(lambda: proc.output().count("Booting worker") == 3, 30, "three gunicorn workers")
         clients = [ws_factory(url) for _ in range(6)]
         for client in clients:
             client.send("subscribe", {"cameraId": "g1"})

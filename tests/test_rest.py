@@ -89,7 +89,10 @@ def test_patch_with_a_wrong_type_is_400(web, sample_video):
     r = api(web, "PATCH", "/api/cameras/p1", json={"frameInterval": "slow"})
     assert r.status_code == 400 and r.json()["field"] == "frameInterval"
     r = api(web, "PATCH", "/api/cameras/p1", json={"url": "other.avi"})
-    assert r.status_code == 200 and r.json()["url"] == "other.avi" and r.json()["state"] == "stopped"
+    assert r.status_code == 200 and r.json()["state"] == "stopped"
+    assert r.json()["url"] == str(sample_video.parent.resolve() / "other.avi")  # relative to the media folder
+    r = api(web, "PATCH", "/api/cameras/p1", json={"enabled": None})
+    assert r.status_code == 400 and r.json()["field"] == "enabled" and "null" in r.json()["error"]
 
 
 def test_alert_history_pages_and_snapshots(web, sample_video):

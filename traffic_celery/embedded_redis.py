@@ -52,18 +52,28 @@ def redis_server_binary() -> str:
 
 
 class EmbeddedRedis:
-    """A redis-server child process on 127.0.0.1, in a temporary folder, without persistence."""
+    """A redis-server child process on 127.0.0.1, in a temporary folder; without persistence unless
+    `persistent` (an append-only file synced on every write, so :meth:`restart` keeps every key)."""
 
-    def __init__(self, port: Optional[int] = None):
+    def __init__(self, port: Optional[int] = None, persistent: bool = False):
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="tc-redis-")
+        self._persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else \
+            ["--appendonly", "no"]
         self.process: Optional[subprocess.Popen] = None
+
+    def restart(self, down_for: float = 0.0) -> "EmbeddedRedis":
+        """Stop the server (its clients lose their connections), wait `down_for` seconds, start it again on the
+        same port and folder."""
+        self._terminate()
+        time.sleep(down_for)
+        return self.start()
 
     def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
         binary = redis_server_binary()
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *self._persistence,
              "--dir", self._dir.name, "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
@@ -79,6 +89,10 @@ class EmbeddedRedis:
         raise RuntimeError(f"embedded redis-server did not answer on {self.url} within {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
+        self._terminate(timeout)
+        self._dir.cleanup()
+
+    def _terminate(self, timeout: float = 10.0) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -87,7 +101,6 @@ class EmbeddedRedis:
                 self.process.kill()
                 self.process.wait()
             logger.info("stopped embedded redis-server on %s", self.url)
-        self._dir.cleanup()
 
 
 def resolve_redis(settings: Settings) -> tuple[str, Optional[EmbeddedRedis]]:

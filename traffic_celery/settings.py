@@ -90,7 +90,8 @@ class Settings(BaseSettings):
     ws_frame_rate: float = Field(5.0, ge=0, le=60, description="Most frames per second one WebSocket client gets "
                                  "per camera (the newest one waits for its turn; 0: no limit).")
     frame_jpeg_quality: int = Field(70, ge=10, le=100, description="JPEG quality of frames sent to viewers.")
-    media_dir: Path = Field(DEFAULT_MEDIA_DIR, description="Folder of the sample video and other local media.")
+    media_dir: Path = Field(DEFAULT_MEDIA_DIR, description="Folder of the sample video and other local media: "
+                            "the only folder whose files a camera may read (other paths are refused).")
     loop_files: bool = Field(True, description="Restart a file source at its end (demo).")
     file_pace: Literal["realtime", "fast"] = Field(
         "realtime", description="A file plays at its own frame rate, or as fast as frames are analysed (every "

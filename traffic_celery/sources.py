@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import cv2
 import numpy as np
@@ -48,6 +48,52 @@ class SourceError(RuntimeError):
 def is_file_source(url: str) -> bool:
     parsed = urlparse(url)
     return not url.isdigit() and (parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and url[1:3] == ":\\"))
+
+
+NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
+MAX_URL_LENGTH = 2048
+MAX_WEBCAM_INDEX = 63
+
+
+class UrlRefused(ValueError):
+    """A camera URL that is not opened at all; the message says why and what is accepted."""
+
+
+def check_url(url: str, media_dir: Path) -> str:
+    """The camera URL to store, if a camera may be opened from it; :class:`UrlRefused` otherwise.
+
+    Accepted: `rtsp(s)://` and `http(s)://` URLs with a host, a webcam index (`0`-`63`), and local files inside
+    `media_dir` (`TC_MEDIA_DIR`), given as a path relative to it, an absolute path or a `file://` URL, stored
+    resolved. Anything else (other schemes such as `ftp:` or `data:`, options smuggled in as FFmpeg protocols,
+    files elsewhere on the machine) is refused, so the camera API cannot read arbitrary files or reach
+    arbitrary protocols.
+    """
+    url = url.strip()
+    accepted = (f"use rtsp://, rtsps://, http(s)://, a webcam index 0-{MAX_WEBCAM_INDEX}, or a file in "
+                f"{media_dir} (TC_MEDIA_DIR)")
+    if not url:
+        raise UrlRefused(f"the camera URL is empty; {accepted}")
+    if len(url) > MAX_URL_LENGTH:
+        raise UrlRefused(f"the camera URL is longer than {MAX_URL_LENGTH} characters")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise UrlRefused("the camera URL contains control characters")
+    if url.isdigit():
+        if int(url) > MAX_WEBCAM_INDEX:
+            raise UrlRefused(f"webcam index {url} is out of range; {accepted}")
+        return url
+    parsed = urlparse(url)
+    if parsed.scheme.lower() in NETWORK_SCHEMES:
+        if not parsed.hostname:
+            raise UrlRefused(f"the camera URL {url!r} has no host; {accepted}")
+        return url
+    if not is_file_source(url):
+        raise UrlRefused(f"unsupported camera URL scheme {parsed.scheme!r}; {accepted}")
+    raw = Path(unquote(parsed.path) if parsed.scheme == "file" else url).expanduser()
+    media = media_dir.resolve()
+    path = (raw if raw.is_absolute() else media / raw).resolve()
+    if not path.is_relative_to(media):
+        raise UrlRefused(f"the file {url} is outside the media folder {media}: copy it there or set TC_MEDIA_DIR")
+    return str(path)
 
 
 def configure_ffmpeg(rtsp_transport: str) -> None:

@@ -5,21 +5,34 @@ clients subscribed to that camera, so every web process delivers every event wha
 Each client has its own sender thread: events queue (bounded), `detection_result` frames keep only the newest
 per camera and go at most `TC_WS_FRAME_RATE` per second per camera, so a slow client drops frames instead of
 slowing the capture loop or other clients.
+
+Pub/sub keeps nothing for a listener that is away. When the relay loses Redis (a restart, a network cut) and
+comes back, it reads the assessments stored meanwhile from the alert history of every camera its clients watch
+and relays those it has not relayed yet (by task id), so a client misses no `risk_assessment`. Frames and status
+changes of that gap are not replayed: the next ones replace them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Optional
 
+import redis
+
 from traffic_celery import instruments, names
-from traffic_celery.redis_conn import listen
+from traffic_celery.redis_conn import connect, listen
+from traffic_celery.results import event
 from traffic_celery.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+RECENT = 5000  # assessments remembered by task id, so a catch-up never relays one twice
+CATCH_UP_MARGIN = 5.0  # seconds before the loss that a catch-up reads back (clock skew, in-flight publishes)
 
 
 class Client:
@@ -101,6 +114,8 @@ class EventHub:
         self._thread: Optional[threading.Thread] = None
         self._next_id = 0
         self.ready = threading.Event()
+        self._relayed: OrderedDict[str, None] = OrderedDict()  # task ids of the last RECENT assessments relayed
+        self._lost_at: Optional[float] = None
 
     def ensure_started(self) -> None:
         with self._lock:
@@ -131,6 +146,8 @@ class EventHub:
     def deliver(self, camera_id: str, message: str) -> None:
         is_frame = message.startswith('{"type":"detection_result"')
         with self._lock:
+            if message.startswith('{"type":"risk_assessment"') and not self._first_time(message):
+                return
             targets = [c for c in self._clients.values() if camera_id in c.cameras]
         for client in targets:
             if is_frame:
@@ -138,10 +155,46 @@ class EventHub:
             else:
                 client.send(message)
 
+    def _first_time(self, message: str) -> bool:
+        """Whether this assessment's task id was not relayed yet (and remember it). Holds the lock."""
+        try:
+            task_id = str(json.loads(message)["data"]["taskId"])
+        except (ValueError, KeyError, TypeError):
+            return True
+        if task_id in self._relayed:
+            return False
+        self._relayed[task_id] = None
+        while len(self._relayed) > RECENT:
+            self._relayed.popitem(last=False)
+        return True
+
+    def _on_lost(self) -> None:
+        self.ready.clear()
+        if self._lost_at is None:
+            self._lost_at = time.time()
+
+    def _on_ready(self) -> None:
+        lost_at, self._lost_at = self._lost_at, None
+        if lost_at is not None:
+            self._catch_up(lost_at - CATCH_UP_MARGIN)
+        self.ready.set()
+
+    def _catch_up(self, since: float) -> None:
+        """Relay the assessments stored since `since` (epoch seconds) for the cameras clients watch."""
+        with self._lock:
+            cameras = set().union(*(c.cameras for c in self._clients.values()))
+        try:
+            r = connect(self._settings)
+            for camera_id in sorted(cameras):
+                for _id, fields in r.xrange(names.alerts_key(camera_id), min=str(int(since * 1000)), max="+"):
+                    self.deliver(camera_id, event("risk_assessment", json.loads(fields[b"assessment"])))
+        except (redis.RedisError, ValueError, KeyError) as exc:
+            logger.warning("could not relay the assessments stored while Redis was away: %s", exc)
+
     def _listen(self) -> None:
         listen(self._settings, self._stop,
                lambda channel, data: self.deliver(names.camera_from_channel(channel), data.decode()),
-               patterns=[names.EVENTS_PATTERN], on_ready=self.ready.set, on_lost=self.ready.clear,
+               patterns=[names.EVENTS_PATTERN], on_ready=self._on_ready, on_lost=self._on_lost,
                name="event relay")
 
     def stop(self) -> None:

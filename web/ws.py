@@ -18,7 +18,7 @@ from simple_websocket import ConnectionClosed
 from traffic_celery import names
 from traffic_celery.registry import CameraConfig, status_event
 from traffic_celery.results import event
-from traffic_celery.sources import probe
+from traffic_celery.sources import UrlRefused, check_url, probe
 
 from .hub import Client
 from .runtime import Runtime, runtime
@@ -46,12 +46,15 @@ def _camera_id(data: dict[str, Any]) -> str:
                             f"cameraId {names.CAMERA_ID_RULE}, got {json.dumps(raw)[:40]}") from None
 
 
-def _url(data: dict[str, Any], camera_id: str) -> str:
+def _url(rt: Runtime, data: dict[str, Any], camera_id: str) -> str:
     url = data.get("rtspUrl")
     if not isinstance(url, str) or not url.strip():
         raise ProtocolError("invalid_url", "rtspUrl must be a non-empty string: an rtsp:// or http(s):// URL, "
-                            "a file path or a webcam index", camera_id)
-    return url.strip()
+                            "a file in the media folder or a webcam index", camera_id)
+    try:
+        return check_url(url, rt.settings.media_dir)
+    except UrlRefused as exc:
+        raise ProtocolError("invalid_url", str(exc), camera_id) from None
 
 
 def _ping(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
@@ -75,7 +78,7 @@ def _current_status(rt: Runtime, client: Client, camera_id: str, note: str) -> N
 
 def _start_stream(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
     camera_id = _camera_id(data)
-    url = _url(data, camera_id)
+    url = _url(rt, data, camera_id)
     config = CameraConfig(camera_id=camera_id, url=url, frame_interval=_frame_interval(data, camera_id))
     client.cameras.add(camera_id)  # subscribe first, so the camera's first status reaches this client
     previous = rt.cameras.put(config)  # the capture node holding (or claiming) the camera does the rest
@@ -107,7 +110,7 @@ def _unsubscribe(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
 def _check_camera(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
     """Probe off the receive loop: a thread opens the source and reads a frame, within `probe_timeout`."""
     camera_id = _camera_id(data)
-    url = _url(data, camera_id)
+    url = _url(rt, data, camera_id)
 
     def run() -> None:
         ok, message = probe(url, rt.settings.probe_timeout)

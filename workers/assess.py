@@ -21,7 +21,7 @@ import random
 import time
 from typing import Any, Optional
 
-from celery.exceptions import Retry
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from traffic_celery import assessment, instruments, llm_client, results
 from traffic_celery.keys import ApiKey
@@ -129,7 +129,10 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
         results.publish(redis_client(), job["cameraId"], "error", {
             "code": "key_disabled", "message": str(exc), "cameraId": job["cameraId"], "keyId": key.id})
         raise _move(self, job, key, f"key {key.id} rejected by the provider") from None
-    except (llm_client.LLMCallError, assessment.ReplyError) as exc:
+    except (llm_client.LLMCallError, assessment.ReplyError, SoftTimeLimitExceeded) as exc:
+        if isinstance(exc, SoftTimeLimitExceeded):
+            exc = llm_client.LLMCallError(f"the call outlived the task's time limit "
+                                          f"({self.soft_time_limit or app.conf.task_soft_time_limit}s)")
         limiter().count(key, "failures")
         failures = job.get("failures", 0) + 1
         if not getattr(exc, "retryable", True) or failures > settings.llm_max_retries:

@@ -37,6 +37,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--latency-jitter", type=float, default=0.0, help="plus uniform [0, J) seconds")
     parser.add_argument("--error-rate", type=float, default=0.0, help="fraction of 500 answers")
     parser.add_argument("--malformed-rate", type=float, default=0.0, help="fraction of non-JSON replies")
+    parser.add_argument("--wrong-schema-rate", type=float, default=0.0, help="fraction of JSON replies in "
+                        "another schema")
+    parser.add_argument("--hang-rate", type=float, default=0.0, help="fraction of requests never answered")
     parser.add_argument("--no-retry-after", action="store_true", help="send 429s without Retry-After")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault and latency draws")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="accepted model names")
@@ -55,7 +58,8 @@ def main(argv: list[str]) -> int:
         qps[key_id] = float(q)
         if m:
             rpm[key_id] = float(m)
-    faults = Faults(error_rate=args.error_rate, malformed_rate=args.malformed_rate, latency=args.latency,
+    faults = Faults(error_rate=args.error_rate, malformed_rate=args.malformed_rate,
+                    wrong_schema_rate=args.wrong_schema_rate, hang_rate=args.hang_rate, latency=args.latency,
                     latency_jitter=args.latency_jitter, seed=args.seed,
                     retry_after=not args.no_retry_after)
     state = ProviderState({k.secret: (k.id, qps[k.id]) for k in keys}, rpm=rpm, revoked=tuple(args.revoked),

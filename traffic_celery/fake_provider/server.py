@@ -66,12 +66,17 @@ class KeyState:
     faults: int = 0
 
 
+HANG_SECONDS = 600.0
+
+
 @dataclass
 class Faults:
     """Injected misbehaviour, drawn per accepted request from a seeded generator."""
 
     error_rate: float = 0.0  # 500 Internal Server Error
     malformed_rate: float = 0.0  # 200 with a reply that is not JSON
+    wrong_schema_rate: float = 0.0  # 200 with JSON in another schema
+    hang_rate: float = 0.0  # accept the request and never answer (until the client gives up)
     latency: float = 0.3  # seconds, the least a reply takes
     latency_jitter: float = 0.0  # plus uniform [0, jitter)
     seed: Optional[int] = None
@@ -133,7 +138,7 @@ class ProviderState:
         return state
 
     def draw(self) -> tuple[float, Optional[str]]:
-        """This request's latency and injected fault (None, "error" or "malformed")."""
+        """This request's latency and injected fault (None, "error", "malformed", "wrong_schema" or "hang")."""
         f = self.faults
         with self.lock:
             latency = f.latency + (self._rng.uniform(0, f.latency_jitter) if f.latency_jitter else 0.0)
@@ -142,6 +147,10 @@ class ProviderState:
             return latency, "error"
         if roll < f.error_rate + f.malformed_rate:
             return latency, "malformed"
+        if roll < f.error_rate + f.malformed_rate + f.wrong_schema_rate:
+            return latency, "wrong_schema"
+        if roll < f.error_rate + f.malformed_rate + f.wrong_schema_rate + f.hang_rate:
+            return HANG_SECONDS, "hang"
         return latency, None
 
     def finished(self, state: KeyState, fault: Optional[str]) -> None:
@@ -336,8 +345,12 @@ class Handler(BaseHTTPRequestHandler):
             if fault == "error":
                 raise ApiError(500, "The server had an error while processing your request.", "server_error",
                                "server_error")
-            reply = "I am sorry, I cannot assess this image." if fault == "malformed" else \
-                assess_from_facts(text).model_dump_json()
+            if fault == "hang":  # the client timed out long ago; answer nothing
+                self.close_connection = True
+                return
+            reply = {"malformed": "I am sorry, I cannot assess this image.",
+                     "wrong_schema": json.dumps({"risk": "maybe", "objects": [1, 2], "comment": "looks fine"}),
+                     }.get(fault or "") or assess_from_facts(text).model_dump_json()
             self._send(200, {
                 "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": model,

@@ -1,0 +1,282 @@
+"""Load: many simulated cameras through the whole Celery path, measured at a WebSocket client.
+
+Each simulated camera sends, `--fps` times a second, the traffic groups of a recorded frame: crops and features
+recorded once from the sample video with the real detector (so YOLO is not the bottleneck), stored and
+dispatched as a capture loop does it (`results.store_image`, `Dispatcher`: the router picks a key, `assess_group`
+goes on `llm.<key>` with the callback linked). Every group of every frame is assessed, the worst case (the
+scheduler normally sends a small fraction). Worker processes call the fake provider, the callback worker stores
+and publishes, the web tier relays to one WebSocket client subscribed to every camera.
+
+Measured over `--duration` seconds after a warm-up:
+- groups/s: assessments received by the client per second;
+- latency from the frame to its `risk_assessment` at the client, minus the provider's own time for that call
+  (`llmLatency`): p50/p95/p99;
+- lost: tasks enqueued that never reached the client after a drain (must be 0), and dead letters;
+- RSS growth of every process of the system over the measured run.
+
+Compared, in the same command, with a one-camera baseline run first (same processes), and with the old system's
+targets (25 groups/s, 2 s p95 end to end). With `--json`, one JSON object last.
+
+    .venv/bin/python bench/load.py [--cameras 50] [--fps 2] [--duration 60] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+import requests
+import websocket
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from traffic_celery import names, results  # noqa: E402
+from traffic_celery.dispatch import Dispatcher  # noqa: E402
+from traffic_celery.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from traffic_celery.keys import KeyPool  # noqa: E402
+from traffic_celery.router import build_router  # noqa: E402
+from traffic_celery.settings import Settings  # noqa: E402
+from workers.celery_app import make_app  # noqa: E402
+
+OLD_GROUPS_PER_S, OLD_P95_MS = 25.0, 2000.0
+KEYS = {f"k{i}": 40 for i in range(1, 5)}  # four keys of 40 QPS: 160 calls/s of headroom
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def record(frames: int) -> list[list[dict[str, Any]]]:
+    """Groups (crop JPEG, features, members) of `frames` frames of the sample video, from the real pipeline."""
+    import cv2  # noqa: PLC0415
+
+    from traffic_celery.capture import crop, encode_jpeg  # noqa: PLC0415
+    from traffic_celery.detection import shared_detector  # noqa: PLC0415
+    from traffic_celery.grouping import group_detections  # noqa: PLC0415
+    from traffic_celery.tracking import Tracker  # noqa: PLC0415
+
+    settings = Settings()
+    detector, tracker = shared_detector(settings), Tracker()
+    cap = cv2.VideoCapture(str(settings.sample_video))
+    recorded: list[list[dict[str, Any]]] = []
+    while len(recorded) < frames:
+        for _ in range(4):  # every 4th frame: 2.5 fps of the 10 fps video
+            ok, frame = cap.read()
+        if not ok:
+            break
+        groups = group_detections(detector.detect(frame, tracker), settings.group_link_factor,
+                                  settings.min_group_size)
+        if groups:
+            recorded.append([{"jpeg": encode_jpeg(crop(frame, g.bbox), 85), "features": g.features.to_dict(),
+                              "members": g.member_ids, "index": g.group_index} for g in groups])
+    if not recorded:
+        raise SystemExit(f"no traffic group found in {settings.sample_video}")
+    return recorded
+
+
+class System:
+    """Redis, the fake provider, LLM workers, the callbacks' worker and the web tier, as processes."""
+
+    def __init__(self, tmp: Path, workers: int, concurrency: int, provider_latency: float):
+        self.tmp = tmp
+        self.redis = EmbeddedRedis().start()
+        self.r = redis.Redis.from_url(self.redis.url)
+        keys_file = tmp / "keys.yaml"
+        keys_file.write_text(json.dumps({"keys": [
+            {"id": k, "secret": f"sk-load-{k}-0000000000", "qps": q, "rpm": 100_000, "max_in_flight": 64}
+            for k, q in KEYS.items()]}))
+        provider_port, self.web_port = free_port(), free_port()
+        self.env = {**os.environ, "TC_REDIS_URL": self.redis.url, "TC_LLM_KEYS_FILE": str(keys_file),
+                    "TC_LLM_BASE_URL": f"http://127.0.0.1:{provider_port}/v1", "PYTHONPATH": str(REPO),
+                    "TC_LOG_LEVEL": "WARNING", "TC_CAPTURE_IN_WEB": "false", "TC_WEB_PORT": str(self.web_port),
+                    "TC_METRICS_DIR": str(tmp / "metrics")}
+        self.env.pop("TC_LLM_API_KEYS", None)
+        self.settings = Settings(redis_url=self.redis.url, llm_keys_file=keys_file)
+        self.procs: list[subprocess.Popen] = []
+        self.spawn([sys.executable, "-m", "traffic_celery.fake_provider", "--port", str(provider_port),
+                    "--latency", str(provider_latency)], "provider")
+        for i in range(workers):
+            self.spawn([sys.executable, "-m", "workers", "-Q", ",".join(f"llm.{k}" for k in KEYS), "--hostname",
+                        f"load{i}@%h", "--pool", "threads", "--concurrency", str(concurrency)], f"worker{i}")
+        self.spawn([sys.executable, "-m", "workers", "-Q", names.RESULTS_QUEUE, "--pool", "threads",
+                    "--concurrency", "8", "--hostname", "loadresults@%h"], "results")
+        self.spawn([sys.executable, "-m", "web"], "web")
+        self.url = f"http://127.0.0.1:{self.web_port}"
+        self.wait(lambda: requests.get(self.url + "/api/health", timeout=1).json()["workers"]["ok"] and
+                  len(requests.get(self.url + "/api/health", timeout=1).json()["workers"]["seen"]) == workers + 1,
+                  90, "the web tier and the workers")
+        self.dispatch = Dispatcher(make_app(self.settings), build_router(self.settings, self.r,
+                                                                         KeyPool.from_settings(self.settings)))
+
+    def spawn(self, args: list[str], name: str) -> None:
+        out = open(self.tmp / f"{name}.log", "ab")
+        self.procs.append(subprocess.Popen(args, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                           start_new_session=True))
+
+    def wait(self, condition, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if condition():
+                    return
+            except Exception:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"{what} did not come up within {timeout:.0f}s; logs in {self.tmp}")
+
+    def rss_mb(self) -> float:
+        total = 0
+        for proc in self.procs:
+            try:
+                p = psutil.Process(proc.pid)
+                total += sum(c.memory_info().rss for c in [p, *p.children(recursive=True)])
+            except psutil.NoSuchProcess:
+                pass
+        return total / 2**20
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.redis.stop()
+
+
+class Viewer:
+    """One WebSocket client subscribed to every camera; records when each assessment arrives."""
+
+    def __init__(self, url: str, cameras: list[str]):
+        self.ws = websocket.create_connection(url.replace("http://", "ws://") + "/ws", timeout=10)
+        self.got: dict[str, tuple[float, dict[str, Any]]] = {}
+        for camera in cameras:
+            self.ws.send(json.dumps({"type": "subscribe", "data": {"cameraId": camera}}))
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = json.loads(self.ws.recv())
+            except Exception:
+                return
+            if msg["type"] == "risk_assessment":
+                self.got.setdefault(msg["data"]["taskId"], (time.time(), msg["data"]))
+
+
+def run(system: System, viewer: Viewer, recorded: list[list[dict[str, Any]]], cameras: int, fps: float,
+        duration: float, label: str) -> dict[str, Any]:
+    """Every camera sends a recorded frame's groups `fps` times a second for `duration` seconds."""
+    sent: dict[str, float] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def camera(n: int) -> None:
+        period, frame_no = 1.0 / fps, n % len(recorded)
+        next_at = time.monotonic() + period * n / cameras  # cameras spread over one period
+        while not stop.wait(max(0.0, next_at - time.monotonic())):
+            ts = time.time()
+            for g in recorded[frame_no % len(recorded)]:
+                task_id = system.dispatch({
+                    "cameraId": f"load{n}", "groupId": f"g{g['index'] + 1}", "groupIndex": g["index"],
+                    "imageKey": results.store_image(system.r, g["jpeg"], 600), "features": g["features"],
+                    "memberTrackIds": g["members"], "frameTimestamp": ts})
+                with lock:
+                    sent[task_id] = ts
+            frame_no += 1
+            next_at += period
+
+    rss_before = system.rss_mb()
+    threads = [threading.Thread(target=camera, args=(n,), daemon=True) for n in range(cameras)]
+    started, wall_start = time.monotonic(), time.time()
+    for t in threads:
+        t.start()
+    while time.monotonic() - started < duration:
+        time.sleep(5)
+        log(f"[{label}] {time.monotonic() - started:4.0f}s  sent {len(sent):6d}  received "
+            f"{sum(1 for t in list(sent) if t in viewer.got):6d}")
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed, wall_end = time.monotonic() - started, time.time()
+    deadline = time.monotonic() + 60  # drain: what was sent must arrive
+    while time.monotonic() < deadline and any(t not in viewer.got for t in list(sent)):
+        time.sleep(0.5)
+    rss_after = system.rss_mb()
+    arrived = [viewer.got[t] for t in sent if t in viewer.got]
+    latencies = [(at - data["frameTimestamp"] - data["llmLatency"]) * 1000 for at, data in arrived]
+    in_window = sum(1 for at, _data in arrived if wall_start <= at <= wall_end)  # arrived while sending
+    return {"cameras": cameras, "fps": fps, "seconds": round(elapsed, 1), "sent": len(sent),
+            "groups_per_s": round(in_window / elapsed, 2), "p50_ms": round(pct(latencies, 0.5), 1),
+            "p95_ms": round(pct(latencies, 0.95), 1), "p99_ms": round(pct(latencies, 0.99), 1),
+            "lost": len(sent) - len(arrived), "dead_letters": system.r.xlen(names.DLQ),
+            "rss_growth_mb": round(rss_after - rss_before, 1), "rss_mb": round(rss_after, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cameras", type=int, default=50)
+    parser.add_argument("--fps", type=float, default=2.0)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of the measured run")
+    parser.add_argument("--baseline-duration", type=float, default=15.0)
+    parser.add_argument("--workers", type=int, default=2, help="LLM worker processes (thread pools)")
+    parser.add_argument("--concurrency", type=int, default=32, help="threads per LLM worker")
+    parser.add_argument("--provider-latency", type=float, default=0.2)
+    parser.add_argument("--frames", type=int, default=12, help="frames recorded from the sample video")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    log(f"recording {args.frames} frames of traffic groups with the real detector ...")
+    recorded = record(args.frames)
+    per_frame = sum(len(f) for f in recorded) / len(recorded)
+    log(f"  {per_frame:.1f} groups per frame; offered load {args.cameras * args.fps * per_frame:.0f} groups/s")
+    with tempfile.TemporaryDirectory(prefix="tc-load-") as tmp:
+        system = System(Path(tmp), args.workers, args.concurrency, args.provider_latency)
+        try:
+            cameras = [f"load{n}" for n in range(args.cameras)]
+            viewer = Viewer(system.url, cameras)
+            time.sleep(1.0)  # the subscriptions are in before the first assessment
+            run(system, viewer, recorded, 2, args.fps, 5, "warm-up")
+            base = run(system, viewer, recorded, 1, args.fps, args.baseline_duration, "baseline, 1 camera")
+            load = run(system, viewer, recorded, args.cameras, args.fps, args.duration,
+                       f"{args.cameras} cameras")
+        finally:
+            system.stop()
+    rows = [("cameras", base["cameras"], load["cameras"]), ("groups sent", base["sent"], load["sent"]),
+            ("groups/s at the client", base["groups_per_s"], load["groups_per_s"]),
+            ("p50 ms (frame to client, minus LLM)", base["p50_ms"], load["p50_ms"]),
+            ("p95 ms", base["p95_ms"], load["p95_ms"]), ("p99 ms", base["p99_ms"], load["p99_ms"]),
+            ("lost", base["lost"], load["lost"]), ("dead letters", base["dead_letters"], load["dead_letters"]),
+            ("RSS growth MB (all processes)", base["rss_growth_mb"], load["rss_growth_mb"])]
+    print(f"{'':38s}{'baseline':>12s}{'load':>12s}")
+    for name, b, v in rows:
+        print(f"{name:38s}{b!s:>12s}{v!s:>12s}")
+    ratios = {"groups_per_s / old target 25": round(load["groups_per_s"] / OLD_GROUPS_PER_S, 2),
+              "old target 2000 ms / p95": round(OLD_P95_MS / load["p95_ms"], 2) if load["p95_ms"] else None,
+              "p95 loaded / p95 baseline": round(load["p95_ms"] / base["p95_ms"], 2) if base["p95_ms"] else None}
+    for name, value in ratios.items():
+        print(f"{name:38s}{'':>12s}{value!s:>12s}")
+    if args.json:
+        print(json.dumps({**load, "baseline": base, "ratios": ratios}))
+    return 0 if load["lost"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
