@@ -10,7 +10,9 @@ is there), analyses the newest frame and:
   due group's crop in Redis with a TTL and hands a job per group to `enqueue` (which puts `assess_group` on the
   chosen key's queue); calls made and saved are counted in `tc:stats:assess`.
 
-A camera that fails stops only itself, and says why (`camera_status` offline and an `error` event).
+A camera that fails stops only itself, and says why (`camera_status` offline and an `error` event). Redis or
+the broker going away is not a camera failure: the loop keeps running, drops the results of the frames it cannot
+publish, and resumes with the first frame after they answer.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Callable, Optional
 import cv2
 import numpy as np
 import redis
+from kombu.exceptions import OperationalError
 
 from . import instruments, names, results
 from .detection import Detector
@@ -130,6 +133,7 @@ class CaptureLoop:
             # a file replayed as fast as possible keeps its own timeline, so the scheduler and the motion
             # features see the file's seconds, not how fast this machine analyses it
             replay_start = time.time() if source.fast else None
+            redis_down_since: Optional[float] = None
             while not self._stop.is_set():
                 frame, seq_now = source.newest(seq, timeout=max(interval * 4, 1.0))
                 if frame is None:
@@ -140,7 +144,17 @@ class CaptureLoop:
                         break
                     continue
                 seq = seq_now
-                self.analyse(frame, detector, None if replay_start is None else replay_start + source.position)
+                try:
+                    self.analyse(frame, detector, None if replay_start is None else replay_start + source.position)
+                    if redis_down_since is not None:
+                        self.log.info("Redis and the broker answer again after %.1fs; frames flow again",
+                                      time.monotonic() - redis_down_since)
+                        redis_down_since = None
+                except (redis.RedisError, OperationalError) as exc:  # Redis or the broker away: keep the loop
+                    if redis_down_since is None:
+                        redis_down_since = time.monotonic()
+                        self.log.warning("cannot publish or enqueue (%s); this frame's results are dropped and "
+                                         "the loop keeps analysing until Redis answers", exc)
                 next_at = max(next_at + interval, time.monotonic())
                 if self._stop.wait(next_at - time.monotonic()):
                     break
