@@ -94,6 +94,16 @@ def log_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log(log_dir) -> Iterator[None]:
+    """After the session: no full API key in the output of any process any test started."""
+    yield
+    secrets = [pair.split("=", 1)[1] for pair in TEST_KEYS.split(",")] + ["sk-pool-test-secret", "sk-load-"]
+    leaks = [f"{path.name}: {secret[:12]}..." for path in sorted(log_dir.glob("*.log"))
+             for secret in secrets if secret in path.read_text(errors="replace")]
+    assert not leaks, f"a full API key in the logs of {log_dir}: {leaks}"
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis().start()
