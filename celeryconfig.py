@@ -8,13 +8,15 @@ monitoring events through Redis (`TC_EVENTS_URL`), since Kafka has no fanout to 
 send `task-sent` events there (Flower shows a task from `received` on). README "Kafka" has the rest.
 
 `config_for(settings)` serves a process that builds its settings itself (tests, the web tier); the module-level
-names are the same values for `app.config_from_object("celeryconfig")`.
+names are the same values for `app.config_from_object("celeryconfig")`. On a `redis://` broker the transport is
+`workers.redis_transport` (kombu's, with a fix that keeps a worker alive when Redis vanishes mid-BRPOP).
 """
 
 from typing import Any
 
 from traffic_celery.names import RESULTS_QUEUE
 from traffic_celery.settings import Settings, get_settings
+from workers import redis_transport
 
 
 def config_for(settings: Settings) -> dict[str, Any]:
@@ -28,7 +30,12 @@ def config_for(settings: Settings) -> dict[str, Any]:
             "unacked_restore_throttle": 1}
     else:
         transport_options = {"wait_time_seconds": settings.kafka_poll_interval}
+    extra: dict[str, Any] = {}
+    if settings.effective_broker_url.startswith("redis://"):
+        # kombu's transport, with a channel that survives Redis vanishing mid-BRPOP (workers/redis_transport.py)
+        extra["broker_transport"] = redis_transport.NAME
     return {
+        **extra,
         "broker_url": settings.effective_broker_url,
         "result_backend": settings.effective_redis_url,
         "broker_connection_retry_on_startup": True,

@@ -90,6 +90,53 @@ def test_redis_restart_under_load_resumes_and_loses_no_assessment(system_env, ow
                 proc.stop()
 
 
+def test_worker_survives_redis_vanishing_while_it_waits_with_a_task_in_flight(system_env, own_redis, log_dir):
+    """Redis goes away while a worker has one call in flight and waits in BRPOP for the next task. Stock kombu
+    closed that channel twice and the second close crashed the whole worker ("Unrecoverable error", see
+    workers/redis_transport.py); which socket notices first is up to epoll, so each round hits it about half
+    the time and six rounds all but surely do. The worker must stay up, reconnect each time, and every task
+    must end with an assessment (those whose acknowledgement was lost come back after the visibility
+    timeout)."""
+    port = free_port()
+    provider = Proc("brpop-provider", [sys.executable, "-m", "traffic_celery.fake_provider", "--port", str(port),
+                                       "--latency", "2"], system_env, log_dir)
+    env = {**system_env, "TC_REDIS_URL": own_redis.url, "TC_VISIBILITY_TIMEOUT": "10",
+           "TC_LLM_BASE_URL": f"http://127.0.0.1:{port}/v1"}
+    worker = Proc("brpop-worker", [sys.executable, "-m", "workers", "--hostname", "brpop@%h", "--concurrency",
+                                   "2"], env, log_dir)
+    try:
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok, 30, "the provider")
+        wait_for(lambda: worker.alive() and "ready." in worker.output(), 60, "the worker")
+        settings = Settings(redis_url=own_redis.url, llm_api_keys=env["TC_LLM_API_KEYS"])
+        r = redis.Redis.from_url(own_redis.url, socket_timeout=5)
+        dispatch = Dispatcher(make_app(settings), build_router(settings, r, KeyPool.from_settings(settings)))
+        jpeg = cv2.imencode(".jpg", cv2.imread(str(ASSETS_BUS))[200:700, 0:400])[1].tobytes()
+        requests_seen = lambda: requests.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()["requests"]  # noqa: E731
+        ids = []
+        for round_ in range(6):
+            before, connects = requests_seen(), worker.output().count("Connected to")
+            ids.append(wait_for(lambda: dispatch({
+                "cameraId": "brpop", "groupId": f"g{round_}", "groupIndex": 0,
+                "imageKey": results.store_image(r, jpeg, 600),
+                "features": {"objectCount": 2, "classCounts": {"bus": 1, "person": 1}, "minGap": 0.1,
+                             "pedestrianVehicleGap": 0.1},
+                "memberTrackIds": [1, 2], "frameTimestamp": time.time()}), 20, "the task enqueued"))
+            wait_for(lambda: requests_seen() > before, 20, "the call in flight")
+            own_redis.restart(down_for=0.5)
+            wait_for(lambda: not worker.alive() or worker.output().count("Connected to") > connects, 30,
+                     "the worker to reconnect")
+            assert worker.alive(), f"the worker died in round {round_}:\n{worker.output()[-3000:]}"
+        assert "Unrecoverable" not in worker.output()
+
+        def assessed() -> set[str]:
+            return {json.loads(f[b"assessment"])["taskId"] for _id, f in r.xrange(names.alerts_key("brpop"))}
+
+        wait_for(lambda: set(ids) <= assessed(), 60, lambda: f"assessments of {sorted(set(ids) - assessed())}")
+    finally:
+        worker.stop()
+        provider.stop()
+
+
 def test_whole_worker_killed_mid_call_its_tasks_come_back_once(system_env, own_redis, log_dir, ws_factory):
     """SIGKILL to a worker's main process and children while its calls are in flight: nothing acknowledged
     them, so the broker gives them back after the visibility timeout, another worker runs them, and the camera's

@@ -1,0 +1,58 @@
+"""kombu's Redis transport, with a channel that closes cleanly when Redis vanishes in the middle of a BRPOP.
+
+The defect (kombu 5.7, Celery 5.7): when the broker connection drops, the worker's consumer first calls
+`connection.collect()` and then `connection.close()`. `collect()` closes the default channel, whose `close()`
+starts by reading the pending BRPOP reply; Redis is gone, so that read raises `ConnectionError` *before* the
+channel is marked closed, and `collect()` swallows it and detaches the transport (`transport.client = None`).
+`close()` then closes the same channel again: this time it gets as far as giving back the unacknowledged
+messages, which needs the detached client's host, and raises `AttributeError`. Celery does not count that as a
+connection error, logs "Unrecoverable error" and the whole worker exits. It happens whenever Redis goes away while
+the worker waits in BRPOP with a task in flight (the reliability test restarts Redis under load and hit it about
+once in ten restarts).
+
+The fix keeps kombu's behaviour and only finishes the interrupted close, and turns "the transport is already
+detached" into the connection error it is, which Celery handles by reconnecting. Messages that could not be
+given back stay in Redis's unacked index and return to their queue after the visibility timeout
+(`unacked_restore_interval`, celeryconfig), as for a killed worker.
+
+`celeryconfig` selects this transport (`broker_transport`) only for `redis://` broker URLs; `rediss://`,
+`sentinel://` and Kafka keep kombu's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+logger = logging.getLogger(__name__)
+
+#: the transport's name for `broker_transport`; logs show the broker as `tcredis://:**@host:port/db`
+NAME = "tcredis"
+
+
+class Channel(kombu_redis.Channel):
+    def close(self) -> None:
+        try:
+            super().close()
+        except self.connection_errors as exc:
+            if self.closed:
+                raise
+            # the BRPOP read at the start of close() failed (its finally cleared _in_poll): finish the close
+            logger.info("the broker went away while this channel waited for a task (%s); closing it anyway", exc)
+            super().close()
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:
+            raise RedisConnectionError("the broker connection is already closed")
+        return super()._connparams(asynchronous=asynchronous)
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+TRANSPORT_ALIASES.setdefault(NAME, f"{__name__}:Transport")
