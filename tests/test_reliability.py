@@ -31,6 +31,14 @@ from workers.celery_app import make_app
 from .conftest import ASSETS_BUS, Proc, start_web, wait_for
 
 
+def bus_group(r: redis.Redis, jpeg: bytes, camera: str, group: str) -> dict:
+    """A recorded traffic group (a bus and a person close together), as the capture loop hands it to dispatch."""
+    return {"cameraId": camera, "groupId": group, "groupIndex": 0, "imageKey": results.store_image(r, jpeg, 600),
+            "features": {"objectCount": 2, "classCounts": {"bus": 1, "person": 1}, "minGap": 0.1,
+                         "pedestrianVehicleGap": 0.1},
+            "memberTrackIds": [1, 2], "frameTimestamp": time.time()}
+
+
 @pytest.fixture()
 def own_redis() -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(persistent=True).start()
@@ -115,12 +123,8 @@ def test_worker_survives_redis_vanishing_while_it_waits_with_a_task_in_flight(sy
         ids = []
         for round_ in range(6):
             before, connects = requests_seen(), worker.output().count("Connected to")
-            ids.append(wait_for(lambda: dispatch({
-                "cameraId": "brpop", "groupId": f"g{round_}", "groupIndex": 0,
-                "imageKey": results.store_image(r, jpeg, 600),
-                "features": {"objectCount": 2, "classCounts": {"bus": 1, "person": 1}, "minGap": 0.1,
-                             "pedestrianVehicleGap": 0.1},
-                "memberTrackIds": [1, 2], "frameTimestamp": time.time()}), 20, "the task enqueued"))
+            ids.append(wait_for(lambda: dispatch(bus_group(r, jpeg, "brpop", f"g{round_}")), 20,
+                                "the task enqueued"))
             wait_for(lambda: requests_seen() > before, 20, "the call in flight")
             own_redis.restart(down_for=0.5)
             wait_for(lambda: not worker.alive() or worker.output().count("Connected to") > connects, 30,
@@ -160,11 +164,7 @@ def test_whole_worker_killed_mid_call_its_tasks_come_back_once(system_env, own_r
         r = redis.Redis.from_url(own_redis.url, socket_timeout=5)
         dispatch = Dispatcher(make_app(settings), build_router(settings, r, KeyPool.from_settings(settings)))
         jpeg = cv2.imencode(".jpg", cv2.imread(str(ASSETS_BUS))[200:700, 0:400])[1].tobytes()
-        ids = [dispatch({"cameraId": "killed", "groupId": f"g{i}", "groupIndex": 0,
-                         "imageKey": results.store_image(r, jpeg, 600),
-                         "features": {"objectCount": 2, "classCounts": {"bus": 1, "person": 1}, "minGap": 0.1,
-                                      "pedestrianVehicleGap": 0.1},
-                         "memberTrackIds": [1, 2], "frameTimestamp": time.time()}) for i in range(4)]
+        ids = [dispatch(bus_group(r, jpeg, "killed", f"g{i}")) for i in range(4)]
         requests_seen = lambda: requests.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()["requests"]  # noqa: E731
         wait_for(lambda: requests_seen() >= 2, 20, "both pool processes in the middle of a call")
         for child in psutil.Process(first.process.pid).children(recursive=True):
