@@ -32,6 +32,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import log, pct, write_keys_file  # noqa: E402
 from traffic_celery import names, results  # noqa: E402
 from traffic_celery.dispatch import Dispatcher  # noqa: E402
 from traffic_celery.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
@@ -45,24 +46,12 @@ WORKERS = 3
 CONCURRENCY = 5  # measured best on 2 cores: 4 starves the 10-QPS key of slots, 6 adds contention
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
-
-
 class Bench:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.redis = EmbeddedRedis().start()
         self.r = redis.Redis.from_url(self.redis.url)
-        keys_file = tmp / "keys.yaml"
-        keys_file.write_text(json.dumps({"keys": [
-            {"id": k, "secret": f"sk-bench-{k}-0000000000", "qps": q, "rpm": 100_000, "max_in_flight": 8}
-            for k, q in LIMITS.items()]}))
+        keys_file = write_keys_file(tmp / "keys.yaml", LIMITS, "sk-bench", max_in_flight=8)
         self.provider_port = free_port()
         self.env = {**os.environ, "TC_REDIS_URL": self.redis.url, "TC_LLM_KEYS_FILE": str(keys_file),
                     "TC_LLM_BASE_URL": f"http://127.0.0.1:{self.provider_port}/v1", "PYTHONPATH": str(REPO),

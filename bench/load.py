@@ -45,6 +45,7 @@ import websocket
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import log, pct, write_keys_file  # noqa: E402
 from traffic_celery import names, results  # noqa: E402
 from traffic_celery.dispatch import Dispatcher  # noqa: E402
 from traffic_celery.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
@@ -55,15 +56,6 @@ from workers.celery_app import make_app  # noqa: E402
 
 OLD_GROUPS_PER_S, OLD_P95_MS = 25.0, 2000.0
 KEYS = {f"k{i}": 40 for i in range(1, 5)}  # four keys of 40 QPS: 160 calls/s of headroom
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
 def record(frames: int) -> list[list[dict[str, Any]]]:
@@ -101,10 +93,7 @@ class System:
         self.tmp = tmp
         self.redis = EmbeddedRedis().start()
         self.r = redis.Redis.from_url(self.redis.url)
-        keys_file = tmp / "keys.yaml"
-        keys_file.write_text(json.dumps({"keys": [
-            {"id": k, "secret": f"sk-load-{k}-0000000000", "qps": q, "rpm": 100_000, "max_in_flight": 64}
-            for k, q in KEYS.items()]}))
+        keys_file = write_keys_file(tmp / "keys.yaml", KEYS, "sk-load", max_in_flight=64)
         provider_port, self.web_port = free_port(), free_port()
         self.env = {**os.environ, "TC_REDIS_URL": self.redis.url, "TC_LLM_KEYS_FILE": str(keys_file),
                     "TC_LLM_BASE_URL": f"http://127.0.0.1:{provider_port}/v1", "PYTHONPATH": str(REPO),
