@@ -57,7 +57,7 @@ def config_for(settings: Settings) -> dict[str, Any]:
         "task_routes": {"workers.results.*": {"queue": RESULTS_QUEUE}},
         # events for Flower
         "worker_send_task_events": True,
-        "task_send_sent_event": settings.effective_events_url == settings.effective_broker_url,
+        "task_send_sent_event": settings.events_on_broker,
         "worker_consumer": "workers.events:Consumer",
         "imports": ("workers.assess", "workers.results"),
         "worker_hijack_root_logger": False,

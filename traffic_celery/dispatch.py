@@ -59,7 +59,7 @@ class SentEvents:
 
 def sent_events(app: Celery, settings: Settings) -> Optional[SentEvents]:
     """`SentEvents` when events do not travel on the broker, else None (Celery sends `task-sent` itself)."""
-    if settings.effective_events_url == settings.effective_broker_url:
+    if settings.events_on_broker:
         return None
     return SentEvents(app, settings.effective_events_url)
 

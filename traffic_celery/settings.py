@@ -193,6 +193,11 @@ class Settings(BaseSettings):
         return self.events_url or (self.effective_broker_url if self.broker_is_redis else self.effective_redis_url)
 
     @property
+    def events_on_broker(self) -> bool:
+        """Whether monitoring events travel on the broker, so Celery sends `task-sent` itself."""
+        return self.effective_events_url == self.effective_broker_url
+
+    @property
     def model_path(self) -> str:
         """`yolo_model` resolved from the repository root when it is a relative path that exists there."""
         candidate = REPO_ROOT / self.yolo_model
