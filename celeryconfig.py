@@ -30,12 +30,7 @@ def config_for(settings: Settings) -> dict[str, Any]:
             "unacked_restore_throttle": 1}
     else:
         transport_options = {"wait_time_seconds": settings.kafka_poll_interval}
-    extra: dict[str, Any] = {}
-    if settings.effective_broker_url.startswith("redis://"):
-        # kombu's transport, with a channel that survives Redis vanishing mid-BRPOP (workers/redis_transport.py)
-        extra["broker_transport"] = redis_transport.NAME
-    return {
-        **extra,
+    config: dict[str, Any] = {
         "broker_url": settings.effective_broker_url,
         "result_backend": settings.effective_redis_url,
         "broker_connection_retry_on_startup": True,
@@ -62,6 +57,10 @@ def config_for(settings: Settings) -> dict[str, Any]:
         "imports": ("workers.assess", "workers.results"),
         "worker_hijack_root_logger": False,
     }
+    if settings.effective_broker_url.startswith("redis://"):
+        # kombu's transport, with a channel that survives Redis vanishing mid-BRPOP (workers/redis_transport.py)
+        config["broker_transport"] = redis_transport.NAME
+    return config
 
 
 globals().update(config_for(get_settings()))

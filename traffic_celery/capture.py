@@ -18,6 +18,7 @@ publish, and resumes with the first frame after they answer.
 from __future__ import annotations
 
 import base64
+import collections
 import logging
 import threading
 import time
@@ -222,8 +223,8 @@ class CaptureLoop:
         metrics = instruments.get()
         metrics.frames_analysed.labels(self.camera_id).inc()
         metrics.detection_seconds.observe(seconds)
-        for cls in {d.cls for d in detections}:
-            metrics.objects.labels(cls).inc(sum(1 for d in detections if d.cls == cls))
+        for cls, count in collections.Counter(d.cls for d in detections).items():
+            metrics.objects.labels(cls).inc(count)
         if groups:
             metrics.groups.labels(self.camera_id).inc(groups)
 

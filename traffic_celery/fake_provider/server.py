@@ -143,14 +143,12 @@ class ProviderState:
         with self.lock:
             latency = f.latency + (self._rng.uniform(0, f.latency_jitter) if f.latency_jitter else 0.0)
             roll = self._rng.random()
-        if roll < f.error_rate:
-            return latency, "error"
-        if roll < f.error_rate + f.malformed_rate:
-            return latency, "malformed"
-        if roll < f.error_rate + f.malformed_rate + f.wrong_schema_rate:
-            return latency, "wrong_schema"
-        if roll < f.error_rate + f.malformed_rate + f.wrong_schema_rate + f.hang_rate:
-            return HANG_SECONDS, "hang"
+        edge = 0.0
+        for fault, rate in (("error", f.error_rate), ("malformed", f.malformed_rate),
+                            ("wrong_schema", f.wrong_schema_rate), ("hang", f.hang_rate)):
+            edge += rate
+            if roll < edge:
+                return (HANG_SECONDS if fault == "hang" else latency), fault
         return latency, None
 
     def finished(self, state: KeyState, fault: Optional[str]) -> None:
