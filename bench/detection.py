@@ -33,15 +33,15 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from traffic_celery.capture import CaptureLoop  # noqa: E402
-from traffic_celery.detection import Detector, configure_ultralytics_offline  # noqa: E402
-from traffic_celery.dispatch import Dispatcher  # noqa: E402
+from traffic_celery.capture.loop import CaptureLoop  # noqa: E402
 from traffic_celery.embedded_redis import EmbeddedRedis  # noqa: E402
-from traffic_celery.keys import KeyPool  # noqa: E402
+from traffic_celery.llm.dispatch import Dispatcher  # noqa: E402
+from traffic_celery.llm.keys import KeyPool  # noqa: E402
+from traffic_celery.llm.router import build_router  # noqa: E402
 from traffic_celery.redis_conn import connect  # noqa: E402
 from traffic_celery.registry import CameraConfig  # noqa: E402
-from traffic_celery.router import build_router  # noqa: E402
 from traffic_celery.settings import DEMO_KEYS_FILE, Settings  # noqa: E402
+from traffic_celery.vision.detection import Detector, configure_ultralytics_offline  # noqa: E402
 
 STRIDE = 5  # 10 fps video -> 2 fps
 
@@ -79,10 +79,10 @@ def predict_fps(detector: Detector, frames: list, batch: int = 1) -> float:
 
 def make_dispatcher(settings: Settings) -> tuple[redis.Redis, Dispatcher]:
     """Redis and the real enqueue path (Celery app, router over the keys), as a capture node builds them."""
-    from workers.celery_app import make_app
+    from traffic_celery.broker.config import producer_app
 
     r = connect(settings)
-    return r, Dispatcher(make_app(settings), build_router(settings, r, KeyPool.from_settings(settings)))
+    return r, Dispatcher(producer_app(settings), build_router(settings, r, KeyPool.from_settings(settings)))
 
 
 def run_pipeline(settings: Settings, detector: Detector, video: Path) -> dict[str, float]:

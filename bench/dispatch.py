@@ -33,13 +33,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import log, pct, write_keys_file  # noqa: E402
-from traffic_celery import names, results  # noqa: E402
-from traffic_celery.dispatch import Dispatcher  # noqa: E402
+from traffic_celery import names, store  # noqa: E402
+from traffic_celery.broker.config import producer_app  # noqa: E402
 from traffic_celery.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
-from traffic_celery.keys import KeyPool  # noqa: E402
-from traffic_celery.router import build_router  # noqa: E402
+from traffic_celery.llm.dispatch import Dispatcher  # noqa: E402
+from traffic_celery.llm.keys import KeyPool  # noqa: E402
+from traffic_celery.llm.router import build_router  # noqa: E402
 from traffic_celery.settings import Settings  # noqa: E402
-from workers.celery_app import make_app  # noqa: E402
 
 LIMITS = {"k2": 2, "k3": 3, "k5": 5, "k10": 10}
 WORKERS = 3
@@ -94,7 +94,7 @@ class Bench:
         self.procs.append(self.spawn([sys.executable, "-m", "workers", "-Q", names.RESULTS_QUEUE, "--pool",
                                       "threads", "--concurrency", "8", "--hostname", "benchresults@%h"],
                                      "results"))
-        app = make_app(self.settings)
+        app = producer_app(self.settings)
         deadline = time.monotonic() + 90
         while len(app.control.inspect(timeout=1).ping() or {}) < WORKERS + 1:
             if time.monotonic() > deadline:
@@ -112,7 +112,7 @@ class Bench:
         jobs = []
         for i in range(tasks):
             jobs.append({"cameraId": "bench", "groupId": f"g{i}", "groupIndex": 0,
-                         "imageKey": results.store_image(self.r, self.image, 3600),
+                         "imageKey": store.store_image(self.r, self.image, 3600),
                          "features": {"objectCount": 2, "classCounts": {"car": 1, "person": 1}, "minGap": 0.5,
                                       "pedestrianVehicleGap": 0.5}, "memberTrackIds": [1, 2],
                          "frameTimestamp": time.time()})
@@ -184,7 +184,7 @@ def main() -> None:
         log(f"starting {WORKERS} workers x {args.concurrency} (logs in {bench.tmp})…")
         bench.start_workers(args.concurrency)
         pool = KeyPool.from_settings(bench.settings)
-        ours = Dispatcher(make_app(bench.settings), build_router(bench.settings, bench.r, pool))
+        ours = Dispatcher(producer_app(bench.settings), build_router(bench.settings, bench.r, pool))
         result_ours = bench.run("ours", args.tasks, ours)
 
         per_worker = sum(LIMITS.values()) / WORKERS

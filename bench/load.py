@@ -2,7 +2,7 @@
 
 Each simulated camera sends, `--fps` times a second, the traffic groups of a recorded frame: crops and features
 recorded once from the sample video with the real detector (so YOLO is not the bottleneck), stored and
-dispatched as a capture loop does it (`results.store_image`, `Dispatcher`: the router picks a key, `assess_group`
+dispatched as a capture loop does it (`store.store_image`, `Dispatcher`: the router picks a key, `assess_group`
 goes on `llm.<key>` with the callback linked). Every group of every frame is assessed, the worst case (the
 scheduler normally sends a small fraction) in the saturation run. Worker processes call the fake provider, the callback worker stores
 and publishes, the web tier relays to one WebSocket client subscribed to every camera.
@@ -46,13 +46,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import log, pct, write_keys_file  # noqa: E402
-from traffic_celery import names, results  # noqa: E402
-from traffic_celery.dispatch import Dispatcher  # noqa: E402
+from traffic_celery import names, store  # noqa: E402
+from traffic_celery.broker.config import producer_app  # noqa: E402
 from traffic_celery.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
-from traffic_celery.keys import KeyPool  # noqa: E402
-from traffic_celery.router import build_router  # noqa: E402
+from traffic_celery.llm.dispatch import Dispatcher  # noqa: E402
+from traffic_celery.llm.keys import KeyPool  # noqa: E402
+from traffic_celery.llm.router import build_router  # noqa: E402
 from traffic_celery.settings import Settings  # noqa: E402
-from workers.celery_app import make_app  # noqa: E402
 
 OLD_GROUPS_PER_S, OLD_P95_MS = 25.0, 2000.0
 KEYS = {f"k{i}": 40 for i in range(1, 5)}  # four keys of 40 QPS: 160 calls/s of headroom
@@ -62,10 +62,10 @@ def record(frames: int) -> list[list[dict[str, Any]]]:
     """Groups (crop JPEG, features, members) of `frames` frames of the sample video, from the real pipeline."""
     import cv2  # noqa: PLC0415
 
-    from traffic_celery.capture import crop, encode_jpeg  # noqa: PLC0415
-    from traffic_celery.detection import shared_detector  # noqa: PLC0415
-    from traffic_celery.grouping import group_detections  # noqa: PLC0415
-    from traffic_celery.tracking import Tracker  # noqa: PLC0415
+    from traffic_celery.capture.loop import crop, encode_jpeg  # noqa: PLC0415
+    from traffic_celery.vision.detection import shared_detector  # noqa: PLC0415
+    from traffic_celery.vision.grouping import group_detections  # noqa: PLC0415
+    from traffic_celery.vision.tracking import Tracker  # noqa: PLC0415
 
     settings = Settings()
     detector, tracker = shared_detector(settings), Tracker()
@@ -115,7 +115,7 @@ class System:
         self.wait(lambda: requests.get(self.url + "/api/health", timeout=1).json()["workers"]["ok"] and
                   len(requests.get(self.url + "/api/health", timeout=1).json()["workers"]["seen"]) == workers + 1,
                   90, "the web tier and the workers")
-        self.dispatch = Dispatcher(make_app(self.settings), build_router(self.settings, self.r,
+        self.dispatch = Dispatcher(producer_app(self.settings), build_router(self.settings, self.r,
                                                                          KeyPool.from_settings(self.settings)))
 
     def spawn(self, args: list[str], name: str) -> None:
@@ -209,7 +209,7 @@ def run(system: System, viewer: Viewer, recorded: list[list[dict[str, Any]]], ca
             for g in due:
                 task_id = system.dispatch({
                     "cameraId": f"load{n}", "groupId": f"g{g['index'] + 1}", "groupIndex": g["index"],
-                    "imageKey": results.store_image(system.r, g["jpeg"], 600), "features": g["features"],
+                    "imageKey": store.store_image(system.r, g["jpeg"], 600), "features": g["features"],
                     "memberTrackIds": g["members"], "frameTimestamp": ts})
                 with lock:
                     sent[task_id] = ts

@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import pct  # noqa: E402
-from traffic_celery.detection import Detector, configure_ultralytics_offline  # noqa: E402
 from traffic_celery.embedded_redis import free_port  # noqa: E402
 from traffic_celery.settings import Settings  # noqa: E402
+from traffic_celery.vision.detection import Detector, configure_ultralytics_offline  # noqa: E402
 
 
 def run_system(seconds: float, frame_interval: float, video: Path) -> dict[str, float]:

@@ -6,9 +6,14 @@ import json
 
 import pytest
 
-from traffic_celery.assessment import ReplyError, build_messages, build_user_text, parse_reply
 from traffic_celery.fake_provider import assess_from_facts
-from traffic_celery.types import GroupFeatures
+from traffic_celery.llm.schema import (
+    ReplyError,
+    build_messages,
+    build_user_text,
+    parse_reply,
+)
+from traffic_celery.vision.types import GroupFeatures
 
 GOOD = {"hasDangerousDriving": True, "maxRiskLevel": "high", "results": [
     {"groupIndex": 0, "riskLevel": "low", "confidence": 0.4, "riskTypes": [], "description": "calm",

@@ -158,7 +158,7 @@ def test_a_restarted_web_tier_restarts_the_registered_cameras(system_env, log_di
 
 def test_a_dead_capture_node_s_cameras_restart_on_another(system_env, log_dir, ws_factory, sample_video):
     env = {**on_db(system_env, 2), "TC_CAPTURE_IN_WEB": "false"}
-    nodes = [Proc(f"capture-{i}", [sys.executable, "-m", "workers.capture"], env, log_dir) for i in range(2)]
+    nodes = [Proc(f"capture-{i}", [sys.executable, "-m", "traffic_celery.capture"], env, log_dir) for i in range(2)]
     web_proc = None
     try:
         for node in nodes:

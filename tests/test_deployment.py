@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import yaml
 
-from traffic_celery.keys import load_keys
+from traffic_celery.llm.keys import load_keys
 from traffic_celery.settings import REPO_ROOT, Settings
 
 from .conftest import scrape
@@ -85,7 +85,7 @@ def test_prometheus_scrapes_services_of_the_compose_file(compose):
 def test_grafana_dashboard_uses_only_metrics_the_system_exports(web):
     """Every `tc_*` series a panel queries is one the system exports (the web tier's /metrics, or an instrument
     not touched yet in this session); the data source is the provisioned one."""
-    from traffic_celery import instruments
+    from traffic_celery.telemetry import instruments
 
     dashboard = json.loads((DEPLOYMENT / "grafana" / "dashboards" / "traffic_celery.json").read_text())
     datasource = yaml.safe_load((DEPLOYMENT / "grafana" / "provisioning" / "datasources" / "prometheus.yml")

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from traffic_celery.detection import Detector, DetectorError
 from traffic_celery.settings import Settings
+from traffic_celery.vision.detection import Detector, DetectorError
 
 ASSETS = Path(__import__("ultralytics").__file__).parent / "assets"
 
@@ -55,8 +55,8 @@ def test_unloadable_model_is_a_clear_error(tmp_path):
 
 
 def test_tracking_and_group_ids_are_stable_on_the_sample_video(detector, sample_video):
-    from traffic_celery.grouping import GroupIds, group_detections
-    from traffic_celery.tracking import Tracker
+    from traffic_celery.vision.grouping import GroupIds, group_detections
+    from traffic_celery.vision.tracking import Tracker
 
     tracker, group_ids = Tracker(), GroupIds()
     cap = cv2.VideoCapture(str(sample_video))
@@ -83,7 +83,7 @@ def test_tracking_and_group_ids_are_stable_on_the_sample_video(detector, sample_
 @pytest.mark.parametrize("scale", [2.0, 0.75])
 def test_real_scene_gives_the_same_groups_at_another_resolution(detector, sample_video, scale):
     """The old system grouped with a fixed 150 px; here the same frame upscaled or downscaled groups alike."""
-    from traffic_celery.grouping import group_detections
+    from traffic_celery.vision.grouping import group_detections
 
     cap = cv2.VideoCapture(str(sample_video))
     cap.set(cv2.CAP_PROP_POS_FRAMES, 100)

@@ -8,7 +8,7 @@ import time
 import requests
 
 from traffic_celery import names
-from traffic_celery.assessment import GroupResult
+from traffic_celery.llm.schema import GroupResult
 
 from .conftest import scrape, total, wait_for
 

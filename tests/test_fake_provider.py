@@ -9,9 +9,9 @@ import time
 import pytest
 import requests
 
-from traffic_celery.assessment import LLMReply, build_messages
 from traffic_celery.fake_provider import ProviderServer, ProviderState
-from traffic_celery.types import GroupFeatures
+from traffic_celery.llm.schema import LLMReply, build_messages
+from traffic_celery.vision.types import GroupFeatures
 
 JPEG = base64.b64decode("/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAP//////////////////////////////////////////////////////"
                         "////////////////////////////////wAALCAABAAEBAREA/8QAFAABAAAAAAAAAAAAAAAAAAAAA//EABQQAQAA"

@@ -11,7 +11,8 @@ import json
 import time
 
 import requests
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from .conftest import SAMPLE_VIDEO
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from traffic_celery.geometry import box_gap
-from traffic_celery.grouping import group_detections, relative_gap
-from traffic_celery.types import Detection
+from traffic_celery.vision.geometry import box_gap
+from traffic_celery.vision.grouping import group_detections, relative_gap
+from traffic_celery.vision.types import Detection
 
 
 def det(i: int, cls: str, x1: float, y1: float, x2: float, y2: float) -> Detection:
@@ -85,14 +85,14 @@ def test_group_order_is_left_to_right():
 
 
 def group_of(*ids: int):
-    from traffic_celery.types import GroupFeatures, TrafficGroup
+    from traffic_celery.vision.types import GroupFeatures, TrafficGroup
 
     members = tuple(det(i, "person", 10 * i, 0, 10 * i + 5, 20) for i in ids)
     return TrafficGroup("tmp", 0, members, (0, 0, 1, 1), GroupFeatures(len(ids), {"person": len(ids)}, 0.1, None))
 
 
 def test_group_ids_follow_members_not_positions():
-    from traffic_celery.grouping import GroupIds
+    from traffic_celery.vision.grouping import GroupIds
 
     ids = GroupIds()
     first = [g.group_id for g in ids.assign([group_of(1, 2), group_of(7, 8, 9)])]

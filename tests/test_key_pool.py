@@ -17,14 +17,14 @@ import pytest
 import redis
 import requests
 
-from traffic_celery import names, results
-from traffic_celery.dispatch import Dispatcher
+from traffic_celery import names, store
+from traffic_celery.broker.config import producer_app
 from traffic_celery.embedded_redis import free_port
-from traffic_celery.keys import KeyPool
-from traffic_celery.limiter import KeyLimiter
-from traffic_celery.router import build_router
+from traffic_celery.llm.dispatch import Dispatcher
+from traffic_celery.llm.keys import KeyPool
+from traffic_celery.llm.limiter import KeyLimiter
+from traffic_celery.llm.router import build_router
 from traffic_celery.settings import Settings
-from workers.celery_app import make_app
 
 from .conftest import ASSETS_BUS, Proc, wait_for
 
@@ -66,7 +66,7 @@ class PoolSystem:
         self.pool = KeyPool.from_settings(self.settings)
         self.limiter = KeyLimiter(self.r)
         self.router = build_router(self.settings, self.r, self.pool)
-        self.dispatch = Dispatcher(make_app(self.settings), self.router)
+        self.dispatch = Dispatcher(producer_app(self.settings), self.router)
         self.events = self.r.pubsub(ignore_subscribe_messages=True)
         self.events.psubscribe(names.EVENTS_PATTERN)
         ok, buf = cv2.imencode(".jpg", cv2.imread(str(ASSETS_BUS))[200:700, 0:400])
@@ -75,7 +75,7 @@ class PoolSystem:
     def enqueue(self, n: int, camera: str = "pool") -> list[str]:
         ids = []
         for i in range(n):
-            image_key = results.store_image(self.r, self.jpeg, 600)
+            image_key = store.store_image(self.r, self.jpeg, 600)
             ids.append(self.dispatch({
                 "cameraId": camera, "groupId": f"g{i}", "groupIndex": 0, "imageKey": image_key,
                 "features": {"objectCount": 2, "classCounts": {"bus": 1, "person": 1}, "minGap": 0.1,

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from traffic_celery.keys import KeysError, load_keys, mask
+from traffic_celery.llm.keys import KeysError, load_keys, mask
 from traffic_celery.logs import SecretFilter
 from traffic_celery.settings import Settings
 

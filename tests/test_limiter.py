@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 import redis
 
-from traffic_celery.keys import ApiKey, KeyPool
-from traffic_celery.limiter import KeyLimiter
-from traffic_celery.router import NoKeyAvailable, Router
+from traffic_celery.llm.keys import ApiKey, KeyPool
+from traffic_celery.llm.limiter import KeyLimiter
+from traffic_celery.llm.router import NoKeyAvailable, Router
 
 from .conftest import wait_for
 

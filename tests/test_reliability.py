@@ -20,20 +20,20 @@ import pytest
 import redis
 import requests
 
-from traffic_celery import names, results
-from traffic_celery.dispatch import Dispatcher
+from traffic_celery import names, store
+from traffic_celery.broker.config import producer_app
 from traffic_celery.embedded_redis import EmbeddedRedis, free_port
-from traffic_celery.keys import KeyPool
-from traffic_celery.router import build_router
+from traffic_celery.llm.dispatch import Dispatcher
+from traffic_celery.llm.keys import KeyPool
+from traffic_celery.llm.router import build_router
 from traffic_celery.settings import Settings
-from workers.celery_app import make_app
 
 from .conftest import ASSETS_BUS, Proc, start_web, wait_for
 
 
 def bus_group(r: redis.Redis, jpeg: bytes, camera: str, group: str) -> dict:
     """A recorded traffic group (a bus and a person close together), as the capture loop hands it to dispatch."""
-    return {"cameraId": camera, "groupId": group, "groupIndex": 0, "imageKey": results.store_image(r, jpeg, 600),
+    return {"cameraId": camera, "groupId": group, "groupIndex": 0, "imageKey": store.store_image(r, jpeg, 600),
             "features": {"objectCount": 2, "classCounts": {"bus": 1, "person": 1}, "minGap": 0.1,
                          "pedestrianVehicleGap": 0.1},
             "memberTrackIds": [1, 2], "frameTimestamp": time.time()}
@@ -101,7 +101,7 @@ def test_redis_restart_under_load_resumes_and_loses_no_assessment(system_env, ow
 def test_worker_survives_redis_vanishing_while_it_waits_with_a_task_in_flight(system_env, own_redis, log_dir):
     """Redis goes away while a worker has one call in flight and waits in BRPOP for the next task. Stock kombu
     closed that channel twice and the second close crashed the whole worker ("Unrecoverable error", see
-    workers/redis_transport.py); which socket notices first is up to epoll, so each round hits it about half
+    traffic_celery/broker/redis_transport.py); which socket notices first is up to epoll, so each round hits it about half
     the time and six rounds all but surely do. The worker must stay up, reconnect each time, and every task
     must end with an assessment (those whose acknowledgement was lost come back after the visibility
     timeout)."""
@@ -117,7 +117,7 @@ def test_worker_survives_redis_vanishing_while_it_waits_with_a_task_in_flight(sy
         wait_for(lambda: worker.alive() and "ready." in worker.output(), 60, "the worker")
         settings = Settings(redis_url=own_redis.url, llm_api_keys=env["TC_LLM_API_KEYS"])
         r = redis.Redis.from_url(own_redis.url, socket_timeout=5)
-        dispatch = Dispatcher(make_app(settings), build_router(settings, r, KeyPool.from_settings(settings)))
+        dispatch = Dispatcher(producer_app(settings), build_router(settings, r, KeyPool.from_settings(settings)))
         jpeg = cv2.imencode(".jpg", cv2.imread(str(ASSETS_BUS))[200:700, 0:400])[1].tobytes()
         requests_seen = lambda: requests.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()["requests"]  # noqa: E731
         ids = []
@@ -162,7 +162,7 @@ def test_whole_worker_killed_mid_call_its_tasks_come_back_once(system_env, own_r
         client.wait(lambda m: m["type"] == "subscribed", 10, "subscribed")
         settings = Settings(redis_url=own_redis.url, llm_api_keys=env["TC_LLM_API_KEYS"])
         r = redis.Redis.from_url(own_redis.url, socket_timeout=5)
-        dispatch = Dispatcher(make_app(settings), build_router(settings, r, KeyPool.from_settings(settings)))
+        dispatch = Dispatcher(producer_app(settings), build_router(settings, r, KeyPool.from_settings(settings)))
         jpeg = cv2.imencode(".jpg", cv2.imread(str(ASSETS_BUS))[200:700, 0:400])[1].tobytes()
         ids = [dispatch(bus_group(r, jpeg, "killed", f"g{i}")) for i in range(4)]
         requests_seen = lambda: requests.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()["requests"]  # noqa: E731

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from traffic_celery.grouping import group_detections
-from traffic_celery.motion import Motion
-from traffic_celery.scheduling import AssessmentScheduler, worsened
-from traffic_celery.types import Detection, GroupFeatures, TrafficGroup
+from traffic_celery.vision.grouping import group_detections
+from traffic_celery.vision.motion import Motion
+from traffic_celery.vision.scheduling import AssessmentScheduler, worsened
+from traffic_celery.vision.types import Detection, GroupFeatures, TrafficGroup
 
 
 def person(tid, x, y=100.0, h=100.0):

@@ -10,8 +10,15 @@ import cv2
 import numpy as np
 import pytest
 
-from traffic_celery.sources import (OFFLINE, ONLINE, RECONNECTING, FrameSource, SourceOptions, backoff_delay,
-                                    probe)
+from traffic_celery.capture.sources import (
+    OFFLINE,
+    ONLINE,
+    RECONNECTING,
+    FrameSource,
+    SourceOptions,
+    backoff_delay,
+    probe,
+)
 
 from .conftest import wait_for
 from .mjpeg_server import MjpegServer, StalledServer

@@ -17,7 +17,7 @@ from typing import Optional
 
 import redis
 
-from .settings import Settings
+from traffic_celery.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from typing import IO, Optional
 
 import requests
 
-from .embedded_redis import resolve_redis
-from .logs import setup_logging
-from .settings import REPO_ROOT, Settings, get_settings
+from traffic_celery.embedded_redis import resolve_redis
+from traffic_celery.logs import setup_logging
+from traffic_celery.settings import REPO_ROOT, Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

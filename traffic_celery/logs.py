@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from .keys import KeysError, load_keys, mask
-from .settings import Settings, get_settings
+from traffic_celery.llm.keys import KeysError, load_keys, mask
+from traffic_celery.settings import Settings, get_settings
 
 
 class SecretFilter(logging.Filter):

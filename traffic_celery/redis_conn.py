@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import redis
 
-from .settings import Settings
+from traffic_celery.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import names, results
+from traffic_celery import names, store
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class CameraRegistry:
             pipe.hset(names.status_key(camera_id), mapping={"state": "stopped", "message": reason,
                                                             "since": time.time()})
         pipe.publish(names.events_channel(camera_id),
-                     results.event("stream_stopped", {"cameraId": camera_id, "reason": reason}))
+                     store.event("stream_stopped", {"cameraId": camera_id, "reason": reason}))
 
     def put(self, config: CameraConfig) -> Optional[CameraConfig]:
         """Register (or change) a camera; returns the previous config. Same source and state: kept as it was
@@ -193,7 +193,7 @@ class CameraRegistry:
         return bool(self._set_status(
             keys=[names.CAMERAS, names.status_key(camera_id), names.events_channel(camera_id)],
             args=[camera_id, state, message, node, time.time(),
-                  results.event("camera_status", status_event(camera_id, state, message))]))
+                  store.event("camera_status", status_event(camera_id, state, message))]))
 
     def set_counters(self, counters: dict[str, dict[str, Any]]) -> None:
         if not counters:

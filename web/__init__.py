@@ -1,4 +1,10 @@
-"""The Flask web tier: REST under /api, the WebSocket at /ws, the page at /. Built by :func:`create_app`."""
+"""The Flask web tier: REST under /api, the WebSocket at /ws, the page at /.
+
+:func:`create_app` only builds: the app, its routes and the process's :class:`~web.runtime.Runtime` (Redis
+client, key pool, router, event hub, and the capture node unless `TC_CAPTURE_IN_WEB=false`). It starts no thread.
+The entry points (`traffic-celery web`, `python -m web`, the WSGI module for gunicorn) then call
+:func:`start`, which starts the event relay and the capture node, and :func:`stop` on the way out.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +14,19 @@ from typing import Any, Optional
 
 from flask import Flask
 
-from traffic_celery import instruments
-from traffic_celery.cameras import CaptureNode
-from traffic_celery.detection import shared_detector
-from traffic_celery.dispatch import Dispatcher, sent_events
-from traffic_celery.keys import KeyPool
-from traffic_celery.metrics import AssessmentCollector, KeyPoolCollector
-from traffic_celery.router import build_router
+from traffic_celery.broker.config import producer_app
+from traffic_celery.capture.node import build_capture_node
+from traffic_celery.llm.keys import KeyPool
+from traffic_celery.llm.router import build_router
 from traffic_celery.redis_conn import connect
 from traffic_celery.registry import CameraRegistry
 from traffic_celery.settings import Settings, get_settings
-
-from .health import DeepHealth
-from .hub import EventHub
-from .runtime import EXTENSION, Runtime
-from .sock import sock
+from traffic_celery.telemetry import instruments
+from traffic_celery.telemetry.collectors import AssessmentCollector, KeyPoolCollector
+from web.health import DeepHealth
+from web.hub import EventHub
+from web.runtime import EXTENSION, Runtime, runtime
+from web.sock import sock
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +38,9 @@ class DaemonThread(threading.Thread):
 
 
 def create_app(settings: Optional[Settings] = None) -> Flask:
-    """Build the app. Unless `capture_in_web` is off, this process is also a capture node: it starts the
-    registered cameras it can claim (threads), including those of a web tier that ran before it."""
+    """Build the app and its runtime; nothing runs until :func:`start`."""
     settings = settings or get_settings()
     instruments.configure(settings)  # before any instrument is touched
-    from workers.celery_app import make_app  # a producer: tasks are sent by name, never imported
 
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     # the transport takes up to 1 MiB (beyond, it closes the socket with 1009); ws.py answers an `error` to any
@@ -52,17 +54,13 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     pool = KeyPool.from_settings(settings)
     router = build_router(settings, r, pool)
     registry = instruments.registry(KeyPoolCollector(pool, router.limiter, router), AssessmentCollector(r))
-    celery = make_app(settings)
-    node = None
-    if settings.capture_in_web:
-        node = CaptureNode(settings, r, lambda: shared_detector(settings), Dispatcher(celery, router, sent_events(celery, settings))).start()
-    hub = EventHub(settings)
-    hub.ensure_started()  # relay events from the start, so /api/health reports it ready before any client
-    app.extensions[EXTENSION] = Runtime(settings=settings, redis=r, hub=hub,
+    node = build_capture_node(settings, r, router) if settings.capture_in_web else None
+    app.extensions[EXTENSION] = Runtime(settings=settings, redis=r, hub=EventHub(settings),
                                         cameras=CameraRegistry(r), node=node, keys=pool, router=router,
-                                        metrics=registry, health=DeepHealth(settings, celery, pool, r))
+                                        metrics=registry,
+                                        health=DeepHealth(settings, producer_app(settings), pool, r))
 
-    from . import auth, cameras_api, errors, openapi, routes, ws
+    from web import auth, cameras_api, errors, openapi, routes, ws
 
     errors.install(app)
     auth.install(app, settings)
@@ -72,3 +70,15 @@ def create_app(settings: Optional[Settings] = None) -> Flask:
     app.register_blueprint(ws.bp)
     sock.init_app(app)
     return app
+
+
+def start(app: Flask) -> Flask:
+    """Start the app's threads: the event relay (so /api/health reports it ready before the first client) and
+    the capture node, which starts the registered cameras it can claim."""
+    runtime(app).start()
+    return app
+
+
+def stop(app: Flask) -> None:
+    """Stop the capture loops (handing the cameras over) and the event relay."""
+    runtime(app).close()

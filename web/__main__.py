@@ -13,10 +13,8 @@ from werkzeug.serving import make_server
 
 from traffic_celery.logs import setup_logging
 from traffic_celery.settings import get_settings
-
-from . import create_app
-from .auth import bind_address
-from .runtime import runtime
+from web import create_app, start, stop
+from web.auth import bind_address
 
 logger = logging.getLogger("web")
 
@@ -24,7 +22,7 @@ logger = logging.getLogger("web")
 def main() -> None:
     settings = get_settings()
     setup_logging(settings, "web")
-    app = create_app(settings)
+    app = start(create_app(settings))
     host = bind_address(settings)
     server = make_server(host, settings.web_port, app, threaded=True)
     stopping = threading.Event()
@@ -41,7 +39,7 @@ def main() -> None:
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        runtime(app).close()
+        stop(app)
         server.server_close()
         logger.info("web tier stopped")
 

@@ -12,26 +12,17 @@ non-loopback `TC_WEB_HOST` into 127.0.0.1 and says so at start.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 from typing import Optional
 
 from flask import Flask, jsonify, request
 
+from traffic_celery.net import is_loopback
 from traffic_celery.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/api/health",)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def bind_address(settings: Settings) -> str:

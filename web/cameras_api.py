@@ -11,12 +11,21 @@ import json
 from typing import Any, Optional, Union
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError,
-                      field_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
-from traffic_celery import names, results
+from traffic_celery import names, store
+from traffic_celery.capture.sources import UrlRefused, check_url
 from traffic_celery.registry import CameraConfig
-from traffic_celery.sources import UrlRefused, check_url
 
 from .errors import ApiError
 from .runtime import runtime
@@ -99,7 +108,7 @@ def list_cameras():
 
 
 def checked_url(url: str) -> str:
-    """The URL as stored, or a 400 naming `url` when it is refused (`traffic_celery.sources.check_url`)."""
+    """The URL as stored, or a 400 naming `url` when it is refused (`traffic_celery.capture.sources.check_url`)."""
     try:
         return check_url(url, runtime(current_app).settings.media_dir)
     except UrlRefused as exc:
@@ -172,7 +181,7 @@ def stop_camera(camera_id: str):
 
 @bp.get("/<camera_id>/latest")
 def latest(camera_id: str):
-    found = results.latest_assessment(runtime(current_app).redis, camera_id_of(camera_id))
+    found = store.latest_assessment(runtime(current_app).redis, camera_id_of(camera_id))
     if found is None:
         raise ApiError(404, f"no assessment for camera {camera_id} yet", "cameraId")
     return jsonify(found)
@@ -191,7 +200,7 @@ def alerts(camera_id: str):
     before = request.args.get("before")
     if before is not None and not _stream_id(before):
         raise ApiError(400, "before must be an alertId from a previous page (like 1700000000000-0)", "before")
-    items, cursor = results.alert_history(runtime(current_app).redis, camera_id, limit, before)
+    items, cursor = store.alert_history(runtime(current_app).redis, camera_id, limit, before)
     for item in items:
         item["snapshot"] = f"/api/cameras/{camera_id}/alerts/{item['taskId']}/snapshot.jpg"
     return jsonify({"items": items, "next": cursor})
@@ -202,7 +211,7 @@ def alert_snapshot(camera_id: str, task_id: str):
     camera_id_of(camera_id)
     if not names.CAMERA_ID_RE.match(task_id):
         raise ApiError(400, "not a task id", "taskId")
-    jpeg = results.snapshot(runtime(current_app).redis, task_id)
+    jpeg = store.snapshot(runtime(current_app).redis, task_id)
     if jpeg is None:
         raise ApiError(404, f"no snapshot for alert {task_id} (expired after TC_SNAPSHOT_TTL, or never kept)",
                        "taskId")

@@ -7,8 +7,8 @@ the same rule as `python -m web`: without `TC_API_TOKEN`, loopback only. On exit
 
 from __future__ import annotations
 
-from traffic_celery import instruments
 from traffic_celery.settings import get_settings
+from traffic_celery.telemetry import instruments
 from web.auth import bind_address
 
 _settings = get_settings()

@@ -18,7 +18,7 @@ import redis
 from celery import Celery
 
 from traffic_celery import names
-from traffic_celery.keys import KeyPool
+from traffic_celery.llm.keys import KeyPool
 from traffic_celery.settings import Settings
 
 CACHE_SECONDS = 5.0

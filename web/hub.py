@@ -24,10 +24,11 @@ from typing import Any, Optional
 
 import redis
 
-from traffic_celery import instruments, names
+from traffic_celery import names
 from traffic_celery.redis_conn import connect, listen
-from traffic_celery.results import event
 from traffic_celery.settings import Settings
+from traffic_celery.store import event
+from traffic_celery.telemetry import instruments
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from traffic_celery.metrics import assessment_stats, key_stats
+from traffic_celery.telemetry.collectors import assessment_stats, key_stats
 
 from .runtime import runtime
 

@@ -10,10 +10,10 @@ import redis
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
-from traffic_celery.cameras import CaptureNode
-from traffic_celery.keys import KeyPool
+from traffic_celery.capture.node import CaptureNode
+from traffic_celery.llm.keys import KeyPool
+from traffic_celery.llm.router import Router
 from traffic_celery.registry import CameraRegistry
-from traffic_celery.router import Router
 from traffic_celery.settings import Settings
 
 from .health import DeepHealth
@@ -33,6 +33,11 @@ class Runtime:
     router: Router
     metrics: CollectorRegistry
     health: DeepHealth
+
+    def start(self) -> None:
+        self.hub.ensure_started()
+        if self.node is not None:
+            self.node.start()
 
     def close(self) -> None:
         if self.node is not None:

@@ -16,9 +16,9 @@ from flask import Blueprint, current_app
 from simple_websocket import ConnectionClosed
 
 from traffic_celery import names
+from traffic_celery.capture.sources import UrlRefused, check_url, probe
 from traffic_celery.registry import CameraConfig, status_event
-from traffic_celery.results import event
-from traffic_celery.sources import UrlRefused, check_url, probe
+from traffic_celery.store import event
 
 from .hub import Client
 from .runtime import Runtime, runtime

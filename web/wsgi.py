@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from traffic_celery.logs import setup_logging
 from traffic_celery.settings import get_settings
-
-from . import create_app
+from web import create_app, start
 
 settings = get_settings()
 setup_logging(settings, "web")
-app = create_app(settings)
+app = start(create_app(settings))

@@ -8,10 +8,10 @@ under an LLM backlog callbacks on a shared worker would get one fetch in five; t
 
 import sys
 
-from traffic_celery.keys import KeyPool
+from traffic_celery.llm.keys import KeyPool
 from traffic_celery.names import RESULTS_QUEUE
 from traffic_celery.settings import get_settings
-from workers.celery_app import app
+from workers.celery_app import worker_app
 
 
 def main(argv: list[str]) -> None:
@@ -20,7 +20,7 @@ def main(argv: list[str]) -> None:
     defaults = ["worker", "--concurrency", str(settings.worker_concurrency), "--loglevel", settings.log_level]
     if not any(arg in ("-Q", "--queues") or arg.startswith("--queues=") for arg in argv):
         defaults[1:1] = ["-Q", queues]
-    app.worker_main(defaults + argv)
+    worker_app().worker_main(defaults + argv)
 
 
 if __name__ == "__main__":

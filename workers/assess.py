@@ -21,13 +21,16 @@ import random
 import time
 from typing import Any, Optional
 
+from celery import shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
-from traffic_celery import assessment, instruments, llm_client, results
-from traffic_celery.keys import ApiKey
-from traffic_celery.router import NoKeyAvailable
+from traffic_celery import store
+from traffic_celery.llm import client as llm_client
+from traffic_celery.llm import schema
+from traffic_celery.llm.keys import ApiKey
+from traffic_celery.llm.router import NoKeyAvailable
 from traffic_celery.settings import get_settings
-from workers.celery_app import app
+from traffic_celery.telemetry import instruments
 from workers.context import key_pool, limiter, redis_client, router
 
 logger = logging.getLogger(__name__)
@@ -39,8 +42,8 @@ class AssessmentFailed(RuntimeError):
 
 def _give_up(task_id: str, job: dict[str, Any], reason: str) -> AssessmentFailed:
     r = redis_client()
-    results.dead_letter(r, task_id, reason, job)
-    results.publish(r, job["cameraId"], "error", {
+    store.dead_letter(r, task_id, reason, job)
+    store.publish(r, job["cameraId"], "error", {
         "code": "assessment_failed", "message": reason, "cameraId": job["cameraId"],
         "groupId": job["groupId"], "taskId": task_id})
     return AssessmentFailed(reason)
@@ -82,7 +85,7 @@ def _move_or_wait(task, job: dict[str, Any], key: ApiKey, wait: float) -> Retry:
     raise task.retry(countdown=wait, max_retries=None)
 
 
-@app.task(bind=True, max_retries=None, acks_late=True)
+@shared_task(bind=True, name="workers.assess.assess_group", max_retries=None, acks_late=True)
 def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
     """Call the LLM for one group and return the assessment in the shape of the `risk_assessment` event."""
     settings = get_settings()
@@ -96,12 +99,12 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
     slot_at = time.monotonic() + grant.wait
     # Only a task with a slot pays for loading its crop and encoding the request, and it does so before the
     # slot, so nothing but the send itself stands between the slot and the provider.
-    jpeg = results.load_image(redis_client(), job["imageKey"])
+    jpeg = store.load_image(redis_client(), job["imageKey"])
     if jpeg is None:
         limiter().release(key, grant.lease)
         raise _give_up(task_id, job, f"crop {job['imageKey']} expired before the assessment; "
                                      f"raise TC_IMAGE_TTL or add workers")
-    call = llm_client.prepare(key, settings.llm_base_url, settings.llm_model, assessment.build_messages(
+    call = llm_client.prepare(key, settings.llm_base_url, settings.llm_model, schema.build_messages(
         job["groupIndex"], job["memberTrackIds"], job["features"], jpeg))
     first_call_at: Optional[float] = job.get("startedAt")
     if slot_at > time.monotonic():
@@ -114,7 +117,7 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
         started = time.time()
         completion = llm_client.send(call, settings.llm_timeout,
                                      on_sent=lambda sent_at: limiter().confirm(key, grant.lease, sent_at))
-        result = assessment.parse_reply(completion.text, job["groupIndex"])
+        result = schema.parse_reply(completion.text, job["groupIndex"])
     except llm_client.RateLimited as exc:
         limiter().count(key, "rate_limited")
         cooldown = exc.retry_after if exc.retry_after is not None else \
@@ -126,13 +129,13 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
     except llm_client.AuthRejected as exc:
         limiter().count(key, "failures")
         limiter().disable(key, str(exc))
-        results.publish(redis_client(), job["cameraId"], "error", {
+        store.publish(redis_client(), job["cameraId"], "error", {
             "code": "key_disabled", "message": str(exc), "cameraId": job["cameraId"], "keyId": key.id})
         raise _move(self, job, key, f"key {key.id} rejected by the provider") from None
-    except (llm_client.LLMCallError, assessment.ReplyError, SoftTimeLimitExceeded) as exc:
+    except (llm_client.LLMCallError, schema.ReplyError, SoftTimeLimitExceeded) as exc:
         if isinstance(exc, SoftTimeLimitExceeded):
             exc = llm_client.LLMCallError(f"the call outlived the task's time limit "
-                                          f"({self.soft_time_limit or app.conf.task_soft_time_limit}s)")
+                                          f"({self.soft_time_limit or self.app.conf.task_soft_time_limit}s)")
         limiter().count(key, "failures")
         failures = job.get("failures", 0) + 1
         if not getattr(exc, "retryable", True) or failures > settings.llm_max_retries:

@@ -1,34 +1,44 @@
-"""The Celery app (`workers.celery_app:app`). Configuration lives in `celeryconfig.py`; tasks never import the
-Flask app.
+"""The worker's Celery app, built on first use: `worker_app()`, or the module attribute `app` that
+`celery -A workers.celery_app` looks up (PEP 562 `__getattr__`), so importing this module builds nothing and
+reads no settings.
+
+The tasks (`workers.assess`, `workers.results`) are `shared_task`s: they bind to this app when the worker imports
+them (Celery's `imports` setting). Producers never use this module: they build
+:func:`traffic_celery.broker.config.producer_app` and send tasks by name.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger
 
-import celeryconfig
+from traffic_celery.broker.config import config_for
 from traffic_celery.logs import install_secret_filter
-from traffic_celery.settings import Settings
+from traffic_celery.settings import get_settings
 
 
-def make_app(settings: Settings | None = None) -> Celery:
-    """The worker's app from `celeryconfig`, or a producer app for explicit settings (web tier, tests)."""
-    celery = Celery("traffic_celery", set_as_current=settings is None)
-    if settings is None:
-        celery.config_from_object("celeryconfig")
-        from workers import events, task_metrics  # noqa: F401  (task_metrics connects Celery's signals)
+@functools.lru_cache(maxsize=1)
+def worker_app() -> Celery:
+    """The worker's app (the current app of the process), configured from the process's settings, with the
+    worker's consumer steps (events through Redis, presence) and the task counters connected."""
+    from workers import events, task_metrics  # noqa: F401  (task_metrics connects Celery's signals)
 
-        events.install(celery)
-    else:
-        celery.conf.update(celeryconfig.config_for(settings))
+    celery = Celery("traffic_celery", set_as_current=True)
+    celery.conf.update(config_for(get_settings()))
+    events.install(celery)
     return celery
 
 
-app = make_app()
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return worker_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @after_setup_logger.connect
 @after_setup_task_logger.connect
-def _mask_secrets(logger, **_kwargs) -> None:
+def _mask_secrets(logger: Any, **_kwargs: Any) -> None:
     install_secret_filter(logger)

@@ -6,10 +6,10 @@ import functools
 
 import redis
 
-from traffic_celery.keys import KeyPool
-from traffic_celery.limiter import KeyLimiter, build_limiter
+from traffic_celery.llm.keys import KeyPool
+from traffic_celery.llm.limiter import KeyLimiter, build_limiter
+from traffic_celery.llm.router import Router, build_router
 from traffic_celery.redis_conn import connect
-from traffic_celery.router import Router, build_router
 from traffic_celery.settings import get_settings
 
 

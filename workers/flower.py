@@ -18,8 +18,8 @@ import os
 import sys
 
 from traffic_celery.logs import setup_logging
+from traffic_celery.net import is_loopback
 from traffic_celery.settings import get_settings
-from web.auth import is_loopback
 
 logger = logging.getLogger("workers.flower")
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from traffic_celery import instruments, results
+from celery import shared_task
+
+from traffic_celery import store
 from traffic_celery.settings import get_settings
-from workers.celery_app import app
+from traffic_celery.telemetry import instruments
 from workers.context import redis_client
 
 
-@app.task(acks_late=True)
+@shared_task(name="workers.results.on_assessment", acks_late=True)
 def on_assessment(assessment: dict[str, Any]) -> None:
     assessed_at = time.time()
-    if results.store_assessment(redis_client(), {**assessment, "assessedAt": assessed_at},
+    if store.store_assessment(redis_client(), {**assessment, "assessedAt": assessed_at},
                                 snapshot_ttl=get_settings().snapshot_ttl):
         metrics = instruments.get()
         metrics.assessments.labels(assessment["riskLevel"]).inc()

@@ -1,6 +1,6 @@
 """Task counters from Celery's signals, in every process that has the app: published (`after_task_publish`:
 producers, retries and linked callbacks alike), started, succeeded, failed, retried, and run time, each by queue
-and task. Also the worker's side of :mod:`traffic_celery.instruments`: multiprocess mode set up in the main
+and task. Also the worker's side of :mod:`traffic_celery.telemetry.instruments`: multiprocess mode set up in the main
 process before the pool forks, its own `/metrics` on `TC_METRICS_PORT`, and a pool child's live gauges dropped
 when it exits.
 """
@@ -10,11 +10,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from celery.signals import (after_task_publish, task_failure, task_postrun, task_prerun, task_retry,
-                            worker_init, worker_process_shutdown)
+from celery.signals import (
+    after_task_publish,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_retry,
+    worker_init,
+    worker_process_shutdown,
+)
 
-from traffic_celery import instruments
 from traffic_celery.settings import get_settings
+from traffic_celery.telemetry import instruments
 
 _started: dict[str, float] = {}
 

@@ -12,10 +12,15 @@ import signal
 import sys
 import threading
 
-from ..keys import KeysError, load_keys
-from ..logs import setup_logging
-from ..settings import get_settings
-from .server import DEFAULT_MODELS, Faults, ProviderServer, ProviderState
+from traffic_celery.fake_provider.server import (
+    DEFAULT_MODELS,
+    Faults,
+    ProviderServer,
+    ProviderState,
+)
+from traffic_celery.llm.keys import KeysError, load_keys
+from traffic_celery.logs import setup_logging
+from traffic_celery.settings import get_settings
 
 logger = logging.getLogger("traffic_celery.fake_provider")
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
-from ..assessment import FACTS_RE, RISK_ORDER, GroupResult, LLMReply
-from ..keys import mask
+from traffic_celery.llm.keys import mask
+from traffic_celery.llm.schema import FACTS_RE, RISK_ORDER, GroupResult, LLMReply
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any, Optional
 from celery import Celery
 from kombu.utils.encoding import safe_repr
 
-from . import names
-from .router import Router
-from .settings import Settings
+from traffic_celery import names
+from traffic_celery.llm.router import Router
+from traffic_celery.settings import Settings
 
 logger = logging.getLogger(__name__)
 

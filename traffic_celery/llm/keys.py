@@ -14,7 +14,7 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .settings import DEMO_KEYS_FILE, REPO_ROOT, Settings
+from traffic_celery.settings import DEMO_KEYS_FILE, REPO_ROOT, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def load_keys(settings: Settings) -> list[ApiKey]:
 
 
 class KeyPool:
-    """The configured keys, looked up by id. Choosing a key for a task lives in :mod:`traffic_celery.router`."""
+    """The configured keys, looked up by id. Choosing a key for a task lives in :mod:`traffic_celery.llm.router`."""
 
     def __init__(self, keys: list[ApiKey]):
         self._by_id = {k.id: k for k in keys}

@@ -1,12 +1,12 @@
 """One camera's capture loop: take the newest frame, detect and track, group, publish, and enqueue assessments.
 
-The source (:mod:`traffic_celery.sources`) keeps only the newest frame and reconnects by itself; its state
+The source (:mod:`traffic_celery.capture.sources`) keeps only the newest frame and reconnects by itself; its state
 changes go to `report` (the capture node records them and publishes `camera_status`). The loop thread
 (:class:`CaptureLoop`) wakes every `frame_interval` seconds (a file at `file_pace=fast`: as soon as the next frame
 is there), analyses the newest frame and:
 
 - publishes `detection_result` (with the frame as JPEG/base64) on the camera's channel;
-- asks the camera's :class:`~traffic_celery.scheduling.AssessmentScheduler` which groups are due, stores each
+- asks the camera's :class:`~traffic_celery.vision.scheduling.AssessmentScheduler` which groups are due, stores each
   due group's crop in Redis with a TTL and hands a job per group to `enqueue` (which puts `assess_group` on the
   chosen key's queue); calls made and saved are counted in `tc:stats:assess`.
 
@@ -29,16 +29,17 @@ import numpy as np
 import redis
 from kombu.exceptions import OperationalError
 
-from . import instruments, names, results
-from .detection import Detector
-from .grouping import GroupIds, group_detections
-from .motion import Motion
-from .registry import CameraConfig
-from .scheduling import AssessmentScheduler
-from .settings import Settings
-from .sources import ONLINE, FrameSource, SourceOptions
-from .tracking import Tracker
-from .types import FrameAnalysis, TrafficGroup
+from traffic_celery import names, store
+from traffic_celery.capture.sources import ONLINE, FrameSource, SourceOptions
+from traffic_celery.registry import CameraConfig
+from traffic_celery.settings import Settings
+from traffic_celery.telemetry import instruments
+from traffic_celery.vision.detection import Detector
+from traffic_celery.vision.grouping import GroupIds, group_detections
+from traffic_celery.vision.motion import Motion
+from traffic_celery.vision.scheduling import AssessmentScheduler
+from traffic_celery.vision.tracking import Tracker
+from traffic_celery.vision.types import FrameAnalysis, TrafficGroup
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +178,13 @@ class CaptureLoop:
         if self.source.frames_read == 0:
             self._tell("offline", f"camera {self.camera_id}: {self.ended}", "camera_failed")
         else:
-            results.publish(self._redis, self.camera_id, "stream_stopped",
+            store.publish(self._redis, self.camera_id, "stream_stopped",
                             {"cameraId": self.camera_id, "reason": self.ended})
 
     def _tell(self, state: str, message: str, error_code: str) -> None:
         try:
             self._report(state, message)
-            results.publish(self._redis, self.camera_id, "error",
+            store.publish(self._redis, self.camera_id, "error",
                             {"code": error_code, "message": message, "cameraId": self.camera_id})
         except redis.RedisError:
             self.log.exception("cannot report the failure of camera %s", self.camera_id)
@@ -208,7 +209,7 @@ class CaptureLoop:
         frame_b64 = base64.b64encode(encode_jpeg(frame, self._settings.frame_jpeg_quality)).decode("ascii")
         pipe = self._redis.pipeline(transaction=False)
         pipe.publish(names.events_channel(self.camera_id),
-                     results.event("detection_result", analysis.to_event(frame_b64)))
+                     store.event("detection_result", analysis.to_event(frame_b64)))
         for _group, reason in due:
             pipe.hincrby(names.ASSESS_STATS, f"calls:{reason}", 1)
         if len(groups) > len(due):
@@ -229,7 +230,7 @@ class CaptureLoop:
             metrics.groups.labels(self.camera_id).inc(groups)
 
     def _enqueue_group(self, frame: np.ndarray, group: TrafficGroup, ts: float, reason: str) -> None:
-        image_key = results.store_image(self._redis, encode_jpeg(crop(frame, group.bbox), 85),
+        image_key = store.store_image(self._redis, encode_jpeg(crop(frame, group.bbox), 85),
                                         self._settings.image_ttl)
         job = {"cameraId": self.camera_id, "groupId": group.group_id, "groupIndex": group.group_index,
                "imageKey": image_key, "features": group.features.to_dict(),

@@ -13,9 +13,9 @@ once in ten restarts).
 The fix keeps kombu's behaviour and only finishes the interrupted close, and turns "the transport is already
 detached" into the connection error it is, which Celery handles by reconnecting. Messages that could not be
 given back stay in Redis's unacked index and return to their queue after the visibility timeout
-(`unacked_restore_interval`, celeryconfig), as for a killed worker.
+(`unacked_restore_interval`, `traffic_celery.broker.config`), as for a killed worker.
 
-`celeryconfig` selects this transport (`broker_transport`) only for `redis://` broker URLs; `rediss://`,
+`traffic_celery.broker.config` selects this transport (`broker_transport`) only for `redis://` broker URLs; `rediss://`,
 `sentinel://` and Kafka keep kombu's own.
 """
 
@@ -55,4 +55,7 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-TRANSPORT_ALIASES.setdefault(NAME, f"{__name__}:Transport")
+def install() -> str:
+    """Register the transport under :data:`NAME` with kombu (idempotent) and return the name."""
+    TRANSPORT_ALIASES.setdefault(NAME, f"{__name__}:Transport")
+    return NAME

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import redis
 
-from . import names
+from traffic_celery import names
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from .keys import ApiKey
+from traffic_celery.llm.keys import ApiKey
 
 logger = logging.getLogger(__name__)
 

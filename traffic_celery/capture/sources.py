@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlparse
 import cv2
 import numpy as np
 
-from .settings import Settings
+from traffic_celery.settings import Settings
 
 logger = logging.getLogger(__name__)
 

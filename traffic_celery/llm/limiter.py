@@ -33,8 +33,8 @@ from typing import Optional
 
 import redis
 
-from .keys import ApiKey
-from .settings import Settings
+from traffic_celery.llm.keys import ApiKey
+from traffic_celery.settings import Settings
 
 logger = logging.getLogger(__name__)
 

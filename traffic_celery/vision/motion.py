@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Optional, Sequence
 
-from .geometry import relative_box_gap
-from .types import BBox, Detection
+from traffic_celery.vision.geometry import relative_box_gap
+from traffic_celery.vision.types import BBox, Detection
 
 
 class Motion:

@@ -9,7 +9,7 @@ children), removed at exit.
 :func:`configure` must run before the first instrument is touched; the entry points call it first thing.
 :func:`get` then returns the instruments (made on first use, so they always land in the configured folder).
 Figures that live in Redis (per-key state, the scheduler's counts) are added at scrape time by the collectors of
-:mod:`traffic_celery.metrics`. Labels are bounded: camera id, COCO class, queue, task, key id, model, risk level.
+:mod:`traffic_celery.telemetry.collectors`. Labels are bounded: camera id, COCO class, queue, task, key id, model, risk level.
 """
 
 from __future__ import annotations
@@ -23,10 +23,18 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+    values,
+)
 from prometheus_client.registry import Collector
 
-from .settings import Settings, get_settings
+from traffic_celery.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

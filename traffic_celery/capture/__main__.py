@@ -1,4 +1,5 @@
-"""`python -m workers.capture`: a capture node on its own, for capture loops on other machines than the web tier.
+"""`traffic-celery capture` (or `python -m traffic_celery.capture`): a capture node on its own, for capture loops
+on other machines than the web tier.
 
 It loads the detection model, then claims cameras from the registry in Redis (leases renewed every
 `TC_CAPTURE_HEARTBEAT` seconds) and runs their loops; when it dies its cameras restart on another node within
@@ -12,18 +13,14 @@ import logging
 import signal
 import threading
 
-from traffic_celery import instruments
-from traffic_celery.cameras import CaptureNode
-from traffic_celery.detection import shared_detector
-from traffic_celery.dispatch import Dispatcher, sent_events
-from traffic_celery.keys import KeyPool
+from traffic_celery.capture.node import build_capture_node
 from traffic_celery.logs import setup_logging
 from traffic_celery.redis_conn import connect
-from traffic_celery.router import build_router
 from traffic_celery.settings import get_settings
-from workers.celery_app import make_app
+from traffic_celery.telemetry import instruments
+from traffic_celery.vision.detection import shared_detector
 
-logger = logging.getLogger("workers.capture")
+logger = logging.getLogger(__name__)
 
 
 def main() -> None:
@@ -31,15 +28,11 @@ def main() -> None:
     setup_logging(settings, "capture")
     instruments.configure(settings)
     instruments.serve(settings)
-    r = connect(settings)
-    detector = shared_detector(settings)  # load before claiming: a claimed camera starts at once
-    celery = make_app(settings)
-    dispatcher = Dispatcher(celery, build_router(settings, r, KeyPool.from_settings(settings)),
-                            sent_events(celery, settings))
+    shared_detector(settings)  # load before claiming: a claimed camera starts at once
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    node = CaptureNode(settings, r, lambda: detector, dispatcher).start()
+    node = build_capture_node(settings, connect(settings)).start()
     logger.info("capture node %s ready", node.node_id)
     stopping.wait()
     node.stop()

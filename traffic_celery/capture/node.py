@@ -30,13 +30,17 @@ from typing import Any, Callable, Optional
 
 import redis
 
-from . import names
-from .capture import CaptureLoop, Enqueue
-from .detection import Detector
-from .redis_conn import listen
-from .registry import CameraConfig, CameraRegistry
-from .settings import Settings
-from .sources import configure_ffmpeg
+from traffic_celery import names
+from traffic_celery.broker.config import producer_app
+from traffic_celery.capture.loop import CaptureLoop, Enqueue
+from traffic_celery.capture.sources import configure_ffmpeg
+from traffic_celery.llm.dispatch import Dispatcher, sent_events
+from traffic_celery.llm.keys import KeyPool
+from traffic_celery.llm.router import Router, build_router
+from traffic_celery.redis_conn import listen
+from traffic_celery.registry import CameraConfig, CameraRegistry
+from traffic_celery.settings import Settings
+from traffic_celery.vision.detection import Detector, shared_detector
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +65,9 @@ class CaptureNode:
         self._threads = [threading.Thread(target=self._supervise, name="capture-node", daemon=True),
                          threading.Thread(target=self._listen, name="capture-node-control", daemon=True)]
         self._redis_down_logged = False
-        configure_ffmpeg(settings.rtsp_transport)
 
     def start(self) -> "CaptureNode":
+        configure_ffmpeg(self._settings.rtsp_transport)
         for thread in self._threads:
             thread.start()
         logger.info("capture node %s started (at most %d cameras)", self.node_id, self._settings.capture_max_cameras)
@@ -163,7 +167,8 @@ class CaptureNode:
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
-            thread.join(timeout=5)
+            if thread.ident is not None:  # started
+                thread.join(timeout=5)
         with self._lock:
             loops, self._loops = dict(self._loops), {}
         for loop in loops.values():
@@ -182,3 +187,13 @@ class CaptureNode:
             except redis.RedisError:
                 pass
         logger.info("capture node %s stopped %d capture loops", self.node_id, len(loops))
+
+
+def build_capture_node(settings: Settings, r: redis.Redis, router: Optional[Router] = None) -> CaptureNode:
+    """The capture node of the web tier and of `traffic-celery capture` alike: its loops detect with the process's
+    shared model (loaded on first use) and enqueue through the router on a producer Celery app. Nothing starts
+    until :meth:`CaptureNode.start`."""
+    celery = producer_app(settings)
+    router = router or build_router(settings, r, KeyPool.from_settings(settings))
+    dispatcher = Dispatcher(celery, router, sent_events(celery, settings))
+    return CaptureNode(settings, r, lambda: shared_detector(settings), dispatcher)

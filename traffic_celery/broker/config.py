@@ -1,25 +1,30 @@
-"""Celery configuration, from the one settings object (`TC_*` env vars).
+"""Celery configuration, from the one settings object (`TC_*` env vars), and the producer app.
 
 JSON only; a task is acknowledged after it ran (`task_acks_late`) and given back if its worker process dies
 (`task_reject_on_worker_lost`), so a killed worker loses nothing. Task names are `workers.<module>.<name>`.
 On Kafka (`TC_BROKER_URL=confluentkafka://host:9092`) a worker polls each queue (topic) for
 `TC_KAFKA_POLL_INTERVAL` seconds in turn, and the worker's consumer class `workers.events:Consumer` sends the
-monitoring events through Redis (`TC_EVENTS_URL`), since Kafka has no fanout to carry them; producers do not
-send `task-sent` events there (Flower shows a task from `received` on). README "Kafka" has the rest.
+monitoring events through Redis (`TC_EVENTS_URL`), since Kafka has no fanout to carry them. README "Kafka" has
+the rest.
 
-`config_for(settings)` serves a process that builds its settings itself (tests, the web tier); the module-level
-names are the same values for `app.config_from_object("celeryconfig")`. On a `redis://` broker the transport is
-`workers.redis_transport` (kombu's, with a fix that keeps a worker alive when Redis vanishes mid-BRPOP).
+On a `redis://` broker the transport is :mod:`traffic_celery.broker.redis_transport` (kombu's, with a fix that
+keeps a worker alive when Redis vanishes mid-BRPOP). Producers (the capture side, the web tier) build their app
+with :func:`producer_app`; they send tasks by name and never import the task modules.
 """
+
+from __future__ import annotations
 
 from typing import Any
 
-from traffic_celery.names import RESULTS_QUEUE
-from traffic_celery.settings import Settings, get_settings
-from workers import redis_transport
+from celery import Celery
+
+from traffic_celery import names
+from traffic_celery.broker import redis_transport
+from traffic_celery.settings import Settings
 
 
 def config_for(settings: Settings) -> dict[str, Any]:
+    """Celery's configuration for `settings` (workers and producers alike)."""
     if settings.broker_is_redis:
         # a task whose worker died unacknowledged goes back on its queue after the visibility timeout; kombu
         # looks for such tasks every unacked_restore_interval x throttle seconds (100 s by default): make it
@@ -48,8 +53,8 @@ def config_for(settings: Settings) -> dict[str, Any]:
         # unforeseen (a provider trickling bytes, a stuck DNS lookup); the soft limit retries, the hard one kills
         "task_soft_time_limit": settings.llm_timeout + settings.limit_max_wait + 30,
         "task_time_limit": settings.llm_timeout + settings.limit_max_wait + 60,
-        "task_default_queue": RESULTS_QUEUE,
-        "task_routes": {"workers.results.*": {"queue": RESULTS_QUEUE}},
+        "task_default_queue": names.RESULTS_QUEUE,
+        "task_routes": {"workers.results.*": {"queue": names.RESULTS_QUEUE}},
         # events for Flower
         "worker_send_task_events": True,
         "task_send_sent_event": settings.events_on_broker,
@@ -58,9 +63,14 @@ def config_for(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
     }
     if settings.effective_broker_url.startswith("redis://"):
-        # kombu's transport, with a channel that survives Redis vanishing mid-BRPOP (workers/redis_transport.py)
-        config["broker_transport"] = redis_transport.NAME
+        # kombu's transport, with a channel that survives Redis vanishing mid-BRPOP (redis_transport.py)
+        config["broker_transport"] = redis_transport.install()
     return config
 
 
-globals().update(config_for(get_settings()))
+def producer_app(settings: Settings) -> Celery:
+    """A Celery app that only sends tasks (by name) with this configuration: the capture side, the web tier,
+    tests and benchmarks. It is not the current app and imports no task module."""
+    app = Celery("traffic_celery", set_as_current=False)
+    app.conf.update(config_for(settings))
+    return app

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .types import GroupFeatures
+from traffic_celery.vision.types import GroupFeatures
 
 RiskLevel = Literal["none", "low", "medium", "high"]
 RISK_ORDER = {"none": 0, "low": 1, "medium": 2, "high": 3}

@@ -2,7 +2,7 @@
 
 The model is loaded lazily (the first camera pays the load, not the web tier's start) and guarded by a lock:
 ultralytics predictors are not thread-safe (defect 7 of the old system). Results are converted here, once, into
-:class:`~traffic_celery.types.Detection`; nothing downstream touches ultralytics objects.
+:class:`~traffic_celery.vision.types.Detection`; nothing downstream touches ultralytics objects.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from .settings import REPO_ROOT, Settings
-from .types import Detection
+from traffic_celery.settings import REPO_ROOT, Settings
+from traffic_celery.vision.types import Detection
 
 if TYPE_CHECKING:
-    from .tracking import Tracker
+    from traffic_celery.vision.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ class Detector:
     def __init__(self, model_path: str, conf: float = 0.3, imgsz: int = 640,
                  classes: Optional[Sequence[str]] = None):
         configure_ultralytics_offline()
-        from ultralytics import YOLO  # imported here: the web tier and workers must not pay for torch at import
+        from ultralytics import (
+            YOLO,  # imported here: the web tier and workers must not pay for torch at import
+        )
 
         try:
             self._model = YOLO(model_path, task="detect")

@@ -24,8 +24,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .settings import Settings
-from .types import GroupFeatures, TrafficGroup
+from traffic_celery.settings import Settings
+from traffic_celery.vision.types import GroupFeatures, TrafficGroup
 
 APPEARED, MEMBERS_CHANGED, WORSENED, REASSESS = "appeared", "members_changed", "worsened", "reassess"
 REASONS = (APPEARED, MEMBERS_CHANGED, WORSENED, REASSESS)

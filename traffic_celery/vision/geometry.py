@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .types import BBox
+from traffic_celery.vision.types import BBox
 
 
 def box_gap(a: BBox, b: BBox) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 
 def _bytetrack_config() -> Any:
     import ultralytics  # noqa: PLC0415  (heavy; only loaded where detection runs)
-    from ultralytics.utils import IterableSimpleNamespace, YAML  # noqa: PLC0415
+    from ultralytics.utils import YAML, IterableSimpleNamespace  # noqa: PLC0415
 
     cfg = Path(ultralytics.__file__).parent / "cfg" / "trackers" / "bytetrack.yaml"
     # ultralytics' defaults assume ~30 fps; cameras here are sampled at ~2 fps, where people move further

@@ -13,9 +13,9 @@ import math
 from collections import Counter
 from typing import Optional, Sequence
 
-from .geometry import relative_box_gap
-from .motion import Motion
-from .types import BBox, Detection, GroupFeatures, TrafficGroup
+from traffic_celery.vision.geometry import relative_box_gap
+from traffic_celery.vision.motion import Motion
+from traffic_celery.vision.types import BBox, Detection, GroupFeatures, TrafficGroup
 
 
 def relative_gap(a: Detection, b: Detection) -> float:

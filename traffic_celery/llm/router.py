@@ -20,11 +20,11 @@ from typing import Iterable, Optional
 
 import redis
 
-from . import names
-from .keys import ApiKey, KeyPool
-from .limiter import KeyLimiter, build_limiter, prefix
-from .redis_conn import connect
-from .settings import Settings
+from traffic_celery import names
+from traffic_celery.llm.keys import ApiKey, KeyPool
+from traffic_celery.llm.limiter import KeyLimiter, build_limiter, prefix
+from traffic_celery.redis_conn import connect
+from traffic_celery.settings import Settings
 
 STRATEGIES = ("least_loaded", "round_robin", "weighted")
 

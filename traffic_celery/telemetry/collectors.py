@@ -13,11 +13,11 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import names
-from .keys import KeyPool
-from .limiter import KeyLimiter
-from .router import Router
-from .scheduling import REASONS
+from traffic_celery import names
+from traffic_celery.llm.keys import KeyPool
+from traffic_celery.llm.limiter import KeyLimiter
+from traffic_celery.llm.router import Router
+from traffic_celery.vision.scheduling import REASONS
 
 logger = logging.getLogger(__name__)
 
