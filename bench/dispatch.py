@@ -111,7 +111,7 @@ class Bench:
         pubsub.psubscribe(names.EVENTS_PATTERN)
         jobs = []
         for i in range(tasks):
-            jobs.append({"cameraId": "bench", "groupId": f"g{i}", "groupIndex": 0,
+            jobs.append({"cameraId": "bench", "groupId": f"g{i}", "groupIndex": 0, "reason": "appeared",
                          "imageKey": store.store_image(self.r, self.image, 3600),
                          "features": {"objectCount": 2, "classCounts": {"car": 1, "person": 1}, "minGap": 0.5,
                                       "pedestrianVehicleGap": 0.5}, "memberTrackIds": [1, 2],

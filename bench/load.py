@@ -208,7 +208,7 @@ def run(system: System, viewer: Viewer, recorded: list[list[dict[str, Any]]], ca
             due, owed = groups[:int(owed)], owed - min(int(owed), len(groups))
             for g in due:
                 task_id = system.dispatch({
-                    "cameraId": f"load{n}", "groupId": f"g{g['index'] + 1}", "groupIndex": g["index"],
+                    "cameraId": f"load{n}", "groupId": f"g{g['index'] + 1}", "groupIndex": g["index"], "reason": "appeared",
                     "imageKey": store.store_image(system.r, g["jpeg"], 600), "features": g["features"],
                     "memberTrackIds": g["members"], "frameTimestamp": ts})
                 with lock:

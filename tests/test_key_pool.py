@@ -77,7 +77,7 @@ class PoolSystem:
         for i in range(n):
             image_key = store.store_image(self.r, self.jpeg, 600)
             ids.append(self.dispatch({
-                "cameraId": camera, "groupId": f"g{i}", "groupIndex": 0, "imageKey": image_key,
+                "cameraId": camera, "groupId": f"g{i}", "groupIndex": 0, "reason": "appeared", "imageKey": image_key,
                 "features": {"objectCount": 2, "classCounts": {"bus": 1, "person": 1}, "minGap": 0.1,
                              "pedestrianVehicleGap": 0.1},
                 "memberTrackIds": [1, 2], "frameTimestamp": time.time()}))

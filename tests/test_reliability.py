@@ -33,7 +33,7 @@ from .conftest import ASSETS_BUS, Proc, start_web, wait_for
 
 def bus_group(r: redis.Redis, jpeg: bytes, camera: str, group: str) -> dict:
     """A recorded traffic group (a bus and a person close together), as the capture loop hands it to dispatch."""
-    return {"cameraId": camera, "groupId": group, "groupIndex": 0, "imageKey": store.store_image(r, jpeg, 600),
+    return {"cameraId": camera, "groupId": group, "groupIndex": 0, "reason": "appeared", "imageKey": store.store_image(r, jpeg, 600),
             "features": {"objectCount": 2, "classCounts": {"bus": 1, "person": 1}, "minGap": 0.1,
                          "pedestrianVehicleGap": 0.1},
             "memberTrackIds": [1, 2], "frameTimestamp": time.time()}

@@ -31,9 +31,10 @@ def worker_key(hostname: str) -> str:
     return f"tc:worker:{hostname}"
 
 
-def snapshot_key(task_id: str) -> str:
-    """An alert's copy of its crop, kept longer than the crop itself."""
-    return f"tc:snap:{task_id}"
+def snapshot_key(camera_id: str, task_id: str) -> str:
+    """An alert's copy of its crop, kept longer than the crop itself, under its camera (so a snapshot is served
+    only under the camera whose alert it is)."""
+    return f"tc:snap:{camera_id}:{task_id}"
 
 
 def latest_key(camera_id: str) -> str:

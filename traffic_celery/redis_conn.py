@@ -35,7 +35,8 @@ def listen(settings: Settings, stop: threading.Event, on_message: Callable[[str,
            on_ready: Callable[[], None] = lambda: None, on_lost: Callable[[], None] = lambda: None,
            name: str = "listener") -> None:
     """Relay pub/sub messages `(channel, data)` to `on_message` until `stop` is set, reconnecting with backoff
-    (0.5 s doubling to 10 s) whenever Redis goes away. Runs in the caller's thread."""
+    (0.5 s doubling to 10 s) whenever Redis goes away. Runs in the caller's thread. An exception from
+    `on_message` is logged with its traceback and the listener goes on with the next message."""
     backoff = 0.5
     while not stop.is_set():
         pubsub = None
@@ -50,7 +51,10 @@ def listen(settings: Settings, stop: threading.Event, on_message: Callable[[str,
             while not stop.is_set():
                 msg = pubsub.get_message(timeout=1.0)
                 if msg and msg["type"] in ("message", "pmessage"):
-                    on_message(msg["channel"].decode(), msg["data"])
+                    try:
+                        on_message(msg["channel"].decode(errors="replace"), msg["data"])
+                    except Exception:  # one bad message must not end the listener (and its process's relay)
+                        logger.exception("%s failed to handle a message on %r; listening on", name, msg["channel"])
         except (redis.RedisError, OSError) as exc:
             on_lost()
             logger.warning("%s lost Redis (%s); reconnecting in %.1fs", name, exc, backoff)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from traffic_celery import names, store
+from traffic_celery import names
+from traffic_celery.protocol import CameraState, CameraStatus, EventType, StreamStopped, encode
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,11 @@ logger = logging.getLogger(__name__)
 STOPPED_BY_OPERATOR = "stopped by an operator"
 
 
-def status_event(camera_id: str, state: str, message: str) -> dict[str, Any]:
-    """The `camera_status` data of DESIGN.md (`status` 1 only when online), plus the `state`."""
-    return {"cameraId": camera_id, "status": 1 if state == "online" else 0, "state": state, "message": message}
+CAS_ATTEMPTS = 20
+
+
+class RegistryConflict(RuntimeError):
+    """A camera kept changing while a write was computed; the caller may try again."""
 
 
 class CameraConfig(BaseModel):
@@ -77,6 +80,14 @@ redis.call('PUBLISH', KEYS[3], ARGV[6])
 return 1
 """
 
+# KEYS: registry; ARGV: camera id, the entry as it was read ('' = absent), the new entry. 1 if written.
+_CAS = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if (current or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -89,46 +100,70 @@ class CameraRegistry:
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
         self._set_status = r.register_script(_SET_STATUS)
+        self._cas = r.register_script(_CAS)
 
     # --- configs (the web tier) -------------------------------------------------------------------------------
-    def _write(self, config: CameraConfig, previous: Optional[CameraConfig],
-               stopped_message: Optional[str] = STOPPED_BY_OPERATOR) -> None:
-        """Store `config` and wake the nodes. A running camera that this stops is recorded `stopped` and its
-        viewers get `stream_stopped`, whether or not a node runs it now (`stopped_message` None: its last
-        status, a failure's, stays and nothing is announced)."""
-        pipe = self._redis.pipeline()
-        pipe.hset(names.CAMERAS, config.camera_id, config.to_json())
-        if previous is not None and previous.enabled and not config.enabled and stopped_message is not None:
-            self._announce_stop(pipe, config.camera_id, stopped_message, status=True)
-        pipe.publish(names.CAMERAS_CONTROL, "changed")
-        pipe.execute()
+    def update(self, camera_id: str, change: Callable[[Optional[CameraConfig]], Optional[CameraConfig]],
+               stopped_message: Optional[str] = STOPPED_BY_OPERATOR,
+               notify: bool = True) -> tuple[Optional[CameraConfig], Optional[CameraConfig]]:
+        """Change one camera atomically: `change` gets the current config (None if unregistered) and returns the
+        new one, or None to leave it as it is. The write happens only if nobody wrote the camera since it was
+        read (compare-and-set in Lua); otherwise `change` runs again on the fresh config. So a late writer (a
+        capture node marking an old URL verified, a PATCH computed from an old read) can never write an old
+        config back over an operator's change. Returns (previous, current).
+
+        A running camera that this stops is recorded `stopped` and its viewers get `stream_stopped`, whether or
+        not a node runs it now (`stopped_message` None: its last status, a failure's, stays and nothing is
+        announced). `notify` wakes the capture nodes."""
+        for _attempt in range(CAS_ATTEMPTS):
+            raw = self._redis.hget(names.CAMERAS, camera_id)
+            previous = None if raw is None else CameraConfig.model_validate_json(raw)
+            config = change(previous)
+            if config is None or config == previous:
+                return previous, previous
+            if not self._cas(keys=[names.CAMERAS], args=[camera_id, raw or b"", config.to_json()]):
+                continue  # written meanwhile: decide again on what is there now
+            pipe = self._redis.pipeline()
+            if previous is not None and previous.enabled and not config.enabled and stopped_message is not None:
+                self._announce_stop(pipe, camera_id, stopped_message, status=True)
+            if notify:
+                pipe.publish(names.CAMERAS_CONTROL, "changed")
+            pipe.execute()
+            return previous, config
+        raise RegistryConflict(f"camera {camera_id} changed {CAS_ATTEMPTS} times while it was being written; "
+                               "try again")
 
     @staticmethod
     def _announce_stop(pipe: Any, camera_id: str, reason: str, status: bool) -> None:
         if status:
-            pipe.hset(names.status_key(camera_id), mapping={"state": "stopped", "message": reason,
+            pipe.hset(names.status_key(camera_id), mapping={"state": CameraState.STOPPED.value, "message": reason,
                                                             "since": time.time()})
         pipe.publish(names.events_channel(camera_id),
-                     store.event("stream_stopped", {"cameraId": camera_id, "reason": reason}))
+                     encode(EventType.STREAM_STOPPED, StreamStopped(cameraId=camera_id, reason=reason)))
+
+    def add(self, config: CameraConfig) -> bool:
+        """Register a new camera; False (and nothing written) if the id is taken, even by a concurrent add."""
+        if not self._redis.hsetnx(names.CAMERAS, config.camera_id, config.to_json()):
+            return False
+        self.notify()
+        return True
 
     def put(self, config: CameraConfig) -> Optional[CameraConfig]:
         """Register (or change) a camera; returns the previous config. Same source and state: kept as it was
         (a camera that worked stays `verified`)."""
-        previous = self.get(config.camera_id)
-        if previous is not None and previous.same_source(config):
-            if previous.enabled == config.enabled:
-                return previous
-            config = previous.model_copy(update={"enabled": config.enabled})
-        self._write(config, previous)
-        return previous
+        def change(current: Optional[CameraConfig]) -> Optional[CameraConfig]:
+            if current is not None and current.same_source(config):
+                return None if current.enabled == config.enabled else \
+                    current.model_copy(update={"enabled": config.enabled})
+            return config
+
+        return self.update(config.camera_id, change)[0]
 
     def set_enabled(self, camera_id: str, enabled: bool,
                     stopped_message: Optional[str] = STOPPED_BY_OPERATOR) -> Optional[CameraConfig]:
         """Start or stop a registered camera; returns its config as it was, None if it is not registered."""
-        current = self.get(camera_id)
-        if current is not None and current.enabled != enabled:
-            self._write(current.model_copy(update={"enabled": enabled}), current, stopped_message)
-        return current
+        return self.update(camera_id, lambda current: None if current is None or current.enabled == enabled
+                           else current.model_copy(update={"enabled": enabled}), stopped_message)[0]
 
     def remove(self, camera_id: str, reason: str = "removed by an operator") -> bool:
         """Remove a camera (False if it was not registered); its viewers get `stream_stopped` with `reason`."""
@@ -145,17 +180,15 @@ class CameraRegistry:
 
     def disable_if(self, config: CameraConfig) -> bool:
         """Stop the camera only if it still has this source (an operator may have changed it meanwhile)."""
-        current = self.get(config.camera_id)
-        if current is None or not current.same_source(config):
-            return False
-        self.set_enabled(config.camera_id, False, stopped_message=None)
-        return True
+        _previous, current = self.update(
+            config.camera_id, lambda now: now.model_copy(update={"enabled": False})
+            if now is not None and now.enabled and now.same_source(config) else None, stopped_message=None)
+        return current is not None and not current.enabled and current.same_source(config)
 
     def mark_verified(self, config: CameraConfig) -> None:
-        current = self.get(config.camera_id)
-        if current is not None and current.same_source(config) and not current.verified:
-            self._redis.hset(names.CAMERAS, config.camera_id,
-                             current.model_copy(update={"verified": True}).to_json())
+        """Record that the camera's source opened once, unless its source changed meanwhile."""
+        self.update(config.camera_id, lambda now: now.model_copy(update={"verified": True})
+                    if now is not None and now.same_source(config) and not now.verified else None, notify=False)
 
     def get(self, camera_id: str) -> Optional[CameraConfig]:
         raw = self._redis.hget(names.CAMERAS, camera_id)
@@ -187,13 +220,13 @@ class CameraRegistry:
         self._release(keys=[names.owner_key(camera_id)], args=[node])
 
     # --- status ---------------------------------------------------------------------------------------------
-    def set_status(self, camera_id: str, state: str, message: str, node: str) -> bool:
+    def set_status(self, camera_id: str, state: CameraState, message: str, node: str) -> bool:
         """Record the camera's state and tell its viewers (`camera_status`, status 1 only when online), unless the
         camera was stopped or removed meanwhile (a loop being stopped must not write over "stopped")."""
         return bool(self._set_status(
             keys=[names.CAMERAS, names.status_key(camera_id), names.events_channel(camera_id)],
             args=[camera_id, state, message, node, time.time(),
-                  store.event("camera_status", status_event(camera_id, state, message))]))
+                  encode(EventType.CAMERA_STATUS, CameraStatus.of(camera_id, state, message))]))
 
     def set_counters(self, counters: dict[str, dict[str, Any]]) -> None:
         if not counters:
@@ -219,7 +252,7 @@ class CameraRegistry:
         for i, cid in enumerate(ids):
             owner, status = replies[2 * i], {k.decode(): v.decode() for k, v in replies[2 * i + 1].items()}
             config = configs[cid]
-            default_state = "starting" if config.enabled else "stopped"
+            default_state = CameraState.STARTING if config.enabled else CameraState.STOPPED
             entry: dict[str, Any] = {"cameraId": cid, "url": config.url, "frameInterval": config.frame_interval,
                                      "enabled": config.enabled, "node": owner.decode() if owner else None,
                                      "state": status.get("state", default_state),

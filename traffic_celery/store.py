@@ -11,8 +11,10 @@ import uuid
 from typing import Any, Optional
 
 import redis
+from pydantic import BaseModel
 
 from traffic_celery import names
+from traffic_celery.protocol import Assessment, EventType, encode
 
 logger = logging.getLogger(__name__)
 
@@ -20,14 +22,9 @@ ALERTS_MAXLEN = 1000
 LATEST_TTL = 3600
 
 
-def event(event_type: str, data: dict[str, Any]) -> str:
-    """One protocol message, as sent to the WebSocket clients."""
-    return json.dumps({"type": event_type, "data": data}, separators=(",", ":"))
-
-
-def publish(r: redis.Redis, camera_id: str, event_type: str, data: dict[str, Any]) -> int:
+def publish(r: redis.Redis, camera_id: str, event_type: EventType, data: BaseModel | dict[str, Any]) -> int:
     """Publish an event on the camera's channel; returns how many web processes received it."""
-    return int(r.publish(names.events_channel(camera_id), event(event_type, data)))
+    return int(r.publish(names.events_channel(camera_id), encode(event_type, data)))
 
 
 def store_image(r: redis.Redis, jpeg: bytes, ttl: int) -> str:
@@ -55,17 +52,17 @@ return 1
 """
 
 
-def store_assessment(r: redis.Redis, assessment: dict[str, Any], snapshot_ttl: int = 7 * 86400) -> bool:
+def store_assessment(r: redis.Redis, assessment: Assessment, snapshot_ttl: int = 7 * 86400) -> bool:
     """Keep the camera's latest assessment (TTL), append it to its capped alert history, keep a copy of its crop
-    as the alert's snapshot (`tc:snap:<task id>`, `snapshot_ttl`) and publish `risk_assessment`, all in one
-    atomic step, once per task id. False if it was done already."""
-    camera_id = assessment["cameraId"]
-    payload = json.dumps(assessment, separators=(",", ":"))
-    keys = [f"tc:done:{assessment['taskId']}", names.latest_key(camera_id), names.alerts_key(camera_id),
-            names.events_channel(camera_id), assessment.get("imageKey") or "tc:img:none",
-            names.snapshot_key(assessment["taskId"])]
-    done = r.eval(_STORE_ONCE, len(keys), *keys, payload, event("risk_assessment", assessment), LATEST_TTL,
-                  ALERTS_MAXLEN, snapshot_ttl)
+    as the alert's snapshot (`tc:snap:<camera id>:<task id>`, `snapshot_ttl`) and publish `risk_assessment`, all
+    in one atomic step, once per task id. False if it was done already."""
+    camera_id, task_id = assessment.cameraId, assessment.taskId
+    data = assessment.model_dump(mode="json", exclude_none=True)
+    keys = [f"tc:done:{task_id}", names.latest_key(camera_id), names.alerts_key(camera_id),
+            names.events_channel(camera_id), assessment.imageKey or "tc:img:none",
+            names.snapshot_key(camera_id, task_id)]
+    done = r.eval(_STORE_ONCE, len(keys), *keys, json.dumps(data, separators=(",", ":")),
+                  encode(EventType.RISK_ASSESSMENT, data), LATEST_TTL, ALERTS_MAXLEN, snapshot_ttl)
     return bool(done)
 
 
@@ -83,8 +80,9 @@ def alert_history(r: redis.Redis, camera_id: str, limit: int = 20,
     return items, (items[-1]["alertId"] if len(rows) > limit else None)
 
 
-def snapshot(r: redis.Redis, task_id: str) -> Optional[bytes]:
-    return r.get(names.snapshot_key(task_id))
+def snapshot(r: redis.Redis, camera_id: str, task_id: str) -> Optional[bytes]:
+    """The crop kept with camera `camera_id`'s alert `task_id` (None if expired, or not that camera's alert)."""
+    return r.get(names.snapshot_key(camera_id, task_id))
 
 
 def latest_assessment(r: redis.Redis, camera_id: str) -> Optional[dict[str, Any]]:

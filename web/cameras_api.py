@@ -119,12 +119,11 @@ def checked_url(url: str) -> str:
 def add_camera():
     body: CameraCreate = parse(CameraCreate)
     camera_id = camera_id_of(body.cameraId)
-    registry = runtime(current_app).cameras
-    if registry.get(camera_id) is not None:
+    config = CameraConfig(camera_id=camera_id, url=checked_url(body.url), frame_interval=body.frameInterval,
+                          enabled=body.enabled)
+    if not runtime(current_app).cameras.add(config):  # atomic: of two concurrent adds, one gets the 409
         raise ApiError(409, f"camera {camera_id} exists; change it with PATCH /api/cameras/{camera_id}",
                        "cameraId")
-    registry.put(CameraConfig(camera_id=camera_id, url=checked_url(body.url), frame_interval=body.frameInterval,
-                              enabled=body.enabled))
     return jsonify(entry(camera_id)), 201
 
 
@@ -143,18 +142,23 @@ def camera_status(camera_id: str):
 @bp.patch("/<camera_id>")
 def change_camera(camera_id: str):
     body: CameraChange = parse(CameraChange)
-    registry = runtime(current_app).cameras
-    current = registry.get(camera_id_of(camera_id))
-    if current is None:
-        raise ApiError(404, f"no camera {camera_id}; add it with POST /api/cameras", "cameraId")
     changes = body.model_dump(exclude_unset=True)
-    update = {"url": checked_url(changes["url"]) if "url" in changes else current.url,
-              "frame_interval": changes.get("frameInterval", current.frame_interval),
-              "enabled": changes.get("enabled", current.enabled)}
-    if update["url"] != current.url:
-        update["verified"] = False  # a new URL must prove itself
-    # validated again as a whole (model_copy would not): nothing malformed reaches the registry
-    registry.put(CameraConfig.model_validate({**current.model_dump(), **update}))  # the registry announces a stop
+    url = checked_url(changes["url"]) if "url" in changes else None
+
+    def change(current: Optional[CameraConfig]) -> Optional[CameraConfig]:
+        """The new config from the camera as it is in the registry now (run again if it changed meanwhile)."""
+        if current is None:
+            return None
+        update = {"url": url or current.url, "frame_interval": changes.get("frameInterval", current.frame_interval),
+                  "enabled": changes.get("enabled", current.enabled)}
+        if update["url"] != current.url:
+            update["verified"] = False  # a new URL must prove itself
+        # validated again as a whole (model_copy would not): nothing malformed reaches the registry
+        return CameraConfig.model_validate({**current.model_dump(), **update})
+
+    previous, _current = runtime(current_app).cameras.update(camera_id_of(camera_id), change)
+    if previous is None:
+        raise ApiError(404, f"no camera {camera_id}; add it with POST /api/cameras", "cameraId")
     return jsonify(entry(camera_id))
 
 
@@ -208,13 +212,13 @@ def alerts(camera_id: str):
 
 @bp.get("/<camera_id>/alerts/<task_id>/snapshot.jpg")
 def alert_snapshot(camera_id: str, task_id: str):
-    camera_id_of(camera_id)
+    camera_id = camera_id_of(camera_id)
     if not names.CAMERA_ID_RE.match(task_id):
         raise ApiError(400, "not a task id", "taskId")
-    jpeg = store.snapshot(runtime(current_app).redis, task_id)
+    jpeg = store.snapshot(runtime(current_app).redis, camera_id, task_id)
     if jpeg is None:
-        raise ApiError(404, f"no snapshot for alert {task_id} (expired after TC_SNAPSHOT_TTL, or never kept)",
-                       "taskId")
+        raise ApiError(404, f"camera {camera_id} has no snapshot for alert {task_id} (expired after "
+                       "TC_SNAPSHOT_TTL, never kept, or another camera's alert)", "taskId")
     return Response(jpeg, mimetype="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
 

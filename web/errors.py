@@ -13,6 +13,8 @@ import redis
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from traffic_celery.registry import RegistryConflict
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,6 +37,10 @@ def install(app: Flask) -> None:
                     405: f"{request.method} is not allowed on {request.path}",
                     413: f"the body is larger than {app.config.get('MAX_CONTENT_LENGTH')} bytes"}
         return jsonify(error=messages.get(exc.code or 500, exc.description), field=None), exc.code
+
+    @app.errorhandler(RegistryConflict)
+    def conflict(exc: RegistryConflict):
+        return jsonify(error=str(exc), field="cameraId"), 409
 
     @app.errorhandler(redis.RedisError)
     def redis_down(exc: redis.RedisError):

@@ -27,7 +27,7 @@ import redis
 from traffic_celery import names
 from traffic_celery.redis_conn import connect, listen
 from traffic_celery.settings import Settings
-from traffic_celery.store import event
+from traffic_celery.protocol import EventType, ProtocolError, decode, encode
 from traffic_celery.telemetry import instruments
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class Client:
         self._frame_gap = 1.0 / frame_rate if frame_rate > 0 else 0.0  # per camera; 0: no limit
         self._frame_sent: dict[str, float] = {}
         self.id = client_id
-        self.cameras: set[str] = set()
+        self._cameras: set[str] = set()  # the socket's thread changes it, the relay thread reads it: locked
         self._events: queue.Queue[str] = queue.Queue(max_events)
         self._frames: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -54,6 +54,24 @@ class Client:
         self.events_dropped = 0
         self._sender = threading.Thread(target=self._send_loop, name=f"ws-send-{client_id}", daemon=True)
         self._sender.start()
+
+    def watch(self, camera_id: str) -> None:
+        with self._lock:
+            self._cameras.add(camera_id)
+
+    def unwatch(self, camera_id: str) -> None:
+        with self._lock:
+            self._cameras.discard(camera_id)
+
+    def watches(self, camera_id: str) -> bool:
+        with self._lock:
+            return camera_id in self._cameras
+
+    @property
+    def cameras(self) -> frozenset[str]:
+        """A snapshot of the cameras this client watches."""
+        with self._lock:
+            return frozenset(self._cameras)
 
     def send(self, message: str) -> None:
         try:
@@ -144,24 +162,31 @@ class EventHub:
         with self._lock:
             return len(self._clients)
 
-    def deliver(self, camera_id: str, message: str) -> None:
-        is_frame = message.startswith('{"type":"detection_result"')
-        with self._lock:
-            if message.startswith('{"type":"risk_assessment"') and not self._first_time(message):
-                return
-            targets = [c for c in self._clients.values() if camera_id in c.cameras]
-        for client in targets:
-            if is_frame:
-                client.send_frame(camera_id, message)
-            else:
-                client.send(message)
-
-    def _first_time(self, message: str) -> bool:
-        """Whether this assessment's task id was not relayed yet (and remember it). Holds the lock."""
+    def deliver(self, camera_id: str, message: bytes | str) -> None:
+        """Relay one event of the camera's channel to the clients watching it, by its decoded type: frames keep
+        only the newest per client, an assessment goes once per task id. A message that is not an event of the
+        protocol is logged and dropped; nothing a publisher sends can stop the relay."""
         try:
-            task_id = str(json.loads(message)["data"]["taskId"])
-        except (ValueError, KeyError, TypeError):
-            return True
+            event_type, data = decode(message)
+        except ProtocolError as exc:
+            logger.warning("dropped a message on camera %s's channel: %s", camera_id, exc)
+            return
+        text = message.decode() if isinstance(message, bytes) else message
+        with self._lock:
+            if event_type is EventType.RISK_ASSESSMENT and not self._first_time(data):
+                return
+            clients = list(self._clients.values())
+        for client in clients:
+            if not client.watches(camera_id):
+                continue
+            if event_type is EventType.DETECTION_RESULT:
+                client.send_frame(camera_id, text)
+            else:
+                client.send(text)
+
+    def _first_time(self, data: dict[str, Any]) -> bool:
+        """Whether this assessment's task id was not relayed yet (and remember it). Holds the lock."""
+        task_id = str(data.get("taskId"))
         if task_id in self._relayed:
             return False
         self._relayed[task_id] = None
@@ -183,18 +208,19 @@ class EventHub:
     def _catch_up(self, since: float) -> None:
         """Relay the assessments stored since `since` (epoch seconds) for the cameras clients watch."""
         with self._lock:
-            cameras = set().union(*(c.cameras for c in self._clients.values()))
+            clients = list(self._clients.values())
+        cameras = set().union(*(c.cameras for c in clients))  # each a snapshot taken under its client's lock
         try:
             r = connect(self._settings)
             for camera_id in sorted(cameras):
                 for _id, fields in r.xrange(names.alerts_key(camera_id), min=str(int(since * 1000)), max="+"):
-                    self.deliver(camera_id, event("risk_assessment", json.loads(fields[b"assessment"])))
+                    self.deliver(camera_id, encode(EventType.RISK_ASSESSMENT, json.loads(fields[b"assessment"])))
         except (redis.RedisError, ValueError, KeyError) as exc:
             logger.warning("could not relay the assessments stored while Redis was away: %s", exc)
 
     def _listen(self) -> None:
         listen(self._settings, self._stop,
-               lambda channel, data: self.deliver(names.camera_from_channel(channel), data.decode()),
+               lambda channel, data: self.deliver(names.camera_from_channel(channel), data),
                patterns=[names.EVENTS_PATTERN], on_ready=self._on_ready, on_lost=self._on_lost,
                name="event relay")
 

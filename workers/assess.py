@@ -21,10 +21,11 @@ import random
 import time
 from typing import Any, Optional
 
-from celery import shared_task
+from celery import Task, shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from traffic_celery import store
+from traffic_celery.protocol import Assessment, ErrorCode, ErrorEvent, EventType, Job
 from traffic_celery.llm import client as llm_client
 from traffic_celery.llm import schema
 from traffic_celery.llm.keys import ApiKey
@@ -40,12 +41,12 @@ class AssessmentFailed(RuntimeError):
     """The assessment was given up; the reason is in the dead-letter store and was sent to the clients."""
 
 
-def _give_up(task_id: str, job: dict[str, Any], reason: str) -> AssessmentFailed:
+def _give_up(task_id: str, job: Job, reason: str) -> AssessmentFailed:
     r = redis_client()
-    store.dead_letter(r, task_id, reason, job)
-    store.publish(r, job["cameraId"], "error", {
-        "code": "assessment_failed", "message": reason, "cameraId": job["cameraId"],
-        "groupId": job["groupId"], "taskId": task_id})
+    store.dead_letter(r, task_id, reason, job.to_wire())
+    store.publish(r, job.cameraId, EventType.ERROR, ErrorEvent(
+        code=ErrorCode.ASSESSMENT_FAILED, message=reason, cameraId=job.cameraId, groupId=job.groupId,
+        taskId=task_id))
     return AssessmentFailed(reason)
 
 
@@ -53,16 +54,16 @@ def _backoff(failures: int) -> float:
     return min(60.0, 2.0 ** failures) * random.uniform(0.5, 1.0)
 
 
-def _retry_on(task, job: dict[str, Any], key: ApiKey, countdown: float, counter: str) -> Retry:
+def _retry_on(task: Task, job: Job, key: ApiKey, countdown: float, counter: str) -> Retry:
     """Retry the task on `key`'s queue: the same task id and linked callback, the move counted in `counter`."""
-    new_job = {**job, "keyId": key.id, counter: job.get(counter, 0) + 1}
-    return task.retry(args=[new_job], queue=key.queue, countdown=countdown, max_retries=None)
+    new_job = job.moved(keyId=key.id, **{counter: getattr(job, counter) + 1})
+    return task.retry(args=[new_job.to_wire()], queue=key.queue, countdown=countdown, max_retries=None)
 
 
-def _move(task, job: dict[str, Any], away_from: ApiKey, why: str) -> Retry:
+def _move(task: Task, job: Job, away_from: ApiKey, why: str) -> Retry:
     """Retry the task at once on another key's queue (the same key only if it is the only usable one)."""
-    if job.get("reroutes", 0) >= get_settings().max_reroutes:
-        raise _give_up(task.request.id, job, f"moved between keys {job['reroutes']} times ({why}); "
+    if job.reroutes >= get_settings().max_reroutes:
+        raise _give_up(task.request.id, job, f"moved between keys {job.reroutes} times ({why}); "
                                              f"add keys or raise their limits")
     try:
         target = router().pick(exclude={away_from.id})
@@ -70,12 +71,12 @@ def _move(task, job: dict[str, Any], away_from: ApiKey, why: str) -> Retry:
         raise _give_up(task.request.id, job, str(exc)) from None
     countdown = 0.0
     if target.id == away_from.id:  # nowhere else to go: wait for this key
-        countdown = max(0.05, limiter().state(target)["cooldownLeft"])  # type: ignore[arg-type]
+        countdown = max(0.05, limiter().state(target)["cooldownLeft"])
     logger.info("task %s: %s; moving from key %s to %s", task.request.id, why, away_from.id, target.id)
     return _retry_on(task, job, target, countdown, "reroutes")
 
 
-def _move_or_wait(task, job: dict[str, Any], key: ApiKey, wait: float) -> Retry:
+def _move_or_wait(task: Task, job: Job, key: ApiKey, wait: float) -> Retry:
     """The key's next slot is beyond TC_LIMIT_MAX_WAIT. Move the task to the key with the smallest expected
     wait if that is another key; else come back when this key's slot is near. Workers fetch from every key's
     queue in turn, so without this the slow keys' tasks would hold worker slots the fast keys need."""
@@ -86,11 +87,12 @@ def _move_or_wait(task, job: dict[str, Any], key: ApiKey, wait: float) -> Retry:
 
 
 @shared_task(bind=True, name="workers.assess.assess_group", max_retries=None, acks_late=True)
-def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
-    """Call the LLM for one group and return the assessment in the shape of the `risk_assessment` event."""
+def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
+    """Call the LLM for one group and return the :class:`~traffic_celery.protocol.Assessment` (as JSON)."""
     settings = get_settings()
     task_id = self.request.id
-    key = key_pool().get(job["keyId"])
+    job = Job.model_validate(raw_job)  # a malformed job fails here, naming the field
+    key = key_pool().get(job.keyId)
     grant = limiter().acquire(key)  # a slot now, or reserved at most TC_LIMIT_MAX_WAIT ahead
     if grant.state in ("cooling", "disabled"):
         raise _move(self, job, key, f"key {key.id} is {grant.state}")
@@ -99,14 +101,14 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
     slot_at = time.monotonic() + grant.wait
     # Only a task with a slot pays for loading its crop and encoding the request, and it does so before the
     # slot, so nothing but the send itself stands between the slot and the provider.
-    jpeg = store.load_image(redis_client(), job["imageKey"])
+    jpeg = store.load_image(redis_client(), job.imageKey)
     if jpeg is None:
         limiter().release(key, grant.lease)
-        raise _give_up(task_id, job, f"crop {job['imageKey']} expired before the assessment; "
+        raise _give_up(task_id, job, f"crop {job.imageKey} expired before the assessment; "
                                      f"raise TC_IMAGE_TTL or add workers")
     call = llm_client.prepare(key, settings.llm_base_url, settings.llm_model, schema.build_messages(
-        job["groupIndex"], job["memberTrackIds"], job["features"], jpeg))
-    first_call_at: Optional[float] = job.get("startedAt")
+        job.groupIndex, job.memberTrackIds, job.features.to_wire(), jpeg))
+    first_call_at: Optional[float] = job.startedAt
     if slot_at > time.monotonic():
         time.sleep(slot_at - time.monotonic())  # this call's own slot: one sleeper per slot, no herd
     blocked = limiter().blocked(key) if grant.wait > 0 else None  # cooling started while this call waited?
@@ -117,7 +119,7 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
         started = time.time()
         completion = llm_client.send(call, settings.llm_timeout,
                                      on_sent=lambda sent_at: limiter().confirm(key, grant.lease, sent_at))
-        result = schema.parse_reply(completion.text, job["groupIndex"])
+        result = schema.parse_reply(completion.text, job.groupIndex)
     except llm_client.RateLimited as exc:
         limiter().count(key, "rate_limited")
         cooldown = exc.retry_after if exc.retry_after is not None else \
@@ -129,21 +131,21 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
     except llm_client.AuthRejected as exc:
         limiter().count(key, "failures")
         limiter().disable(key, str(exc))
-        store.publish(redis_client(), job["cameraId"], "error", {
-            "code": "key_disabled", "message": str(exc), "cameraId": job["cameraId"], "keyId": key.id})
+        store.publish(redis_client(), job.cameraId, EventType.ERROR, ErrorEvent(
+            code=ErrorCode.KEY_DISABLED, message=str(exc), cameraId=job.cameraId, keyId=key.id))
         raise _move(self, job, key, f"key {key.id} rejected by the provider") from None
     except (llm_client.LLMCallError, schema.ReplyError, SoftTimeLimitExceeded) as exc:
         if isinstance(exc, SoftTimeLimitExceeded):
             exc = llm_client.LLMCallError(f"the call outlived the task's time limit "
                                           f"({self.soft_time_limit or self.app.conf.task_soft_time_limit}s)")
         limiter().count(key, "failures")
-        failures = job.get("failures", 0) + 1
+        failures = job.failures + 1
         if not getattr(exc, "retryable", True) or failures > settings.llm_max_retries:
             raise _give_up(task_id, job, f"{exc} (after {failures} failed attempts)") from None
         countdown = _backoff(failures)
         logger.warning("task %s on key %s: %s; retrying in %.1fs", task_id, key.id, exc, countdown)
-        raise self.retry(args=[{**job, "failures": failures, "startedAt": first_call_at or started}],
-                         countdown=countdown, max_retries=None) from None
+        retried = job.moved(failures=failures, startedAt=first_call_at or started)
+        raise self.retry(args=[retried.to_wire()], countdown=countdown, max_retries=None) from None
     finally:
         limiter().count(key, "calls")  # after the send: nothing but the HTTP call between grant and provider
         limiter().release(key, grant.lease)
@@ -152,13 +154,11 @@ def assess_group(self, job: dict[str, Any]) -> dict[str, Any]:
     metrics.llm_seconds.labels(key.id, completion.model).observe(completion.latency)
     metrics.llm_tokens.labels(key.id, completion.model, "prompt").inc(completion.prompt_tokens)
     metrics.llm_tokens.labels(key.id, completion.model, "completion").inc(completion.completion_tokens)
-    return {
-        "cameraId": job["cameraId"], "groupId": job["groupId"], "groupIndex": job["groupIndex"],
-        "taskId": task_id, "riskLevel": result.riskLevel, "riskTypes": result.riskTypes,
-        "description": result.description, "confidence": result.confidence,
-        "dangerObjectIds": result.triggerObjectIds, "llmLatency": round(completion.latency, 4),
-        "llmModel": completion.model, "apiKeyId": key.id, "frameTimestamp": job["frameTimestamp"],
-        "queueWait": round((first_call_at or started) - job.get("enqueuedAt", started), 4),
-        "moves": job.get("moves", 0) + job.get("reroutes", 0),
-        "imageKey": job["imageKey"],
-    }
+    return Assessment(
+        cameraId=job.cameraId, groupId=job.groupId, groupIndex=job.groupIndex, taskId=task_id,
+        riskLevel=result.riskLevel, riskTypes=result.riskTypes, description=result.description,
+        confidence=result.confidence, dangerObjectIds=result.triggerObjectIds,
+        llmLatency=round(completion.latency, 4), llmModel=completion.model, apiKeyId=key.id,
+        frameTimestamp=job.frameTimestamp, queueWait=round((first_call_at or started) - (job.enqueuedAt or started), 4),
+        moves=job.moves + job.reroutes, imageKey=job.imageKey,
+    ).to_wire()

@@ -12,16 +12,18 @@ from typing import Any
 from celery import shared_task
 
 from traffic_celery import store
+from traffic_celery.protocol import Assessment
 from traffic_celery.settings import get_settings
 from traffic_celery.telemetry import instruments
 from workers.context import redis_client
 
 
 @shared_task(name="workers.results.on_assessment", acks_late=True)
-def on_assessment(assessment: dict[str, Any]) -> None:
+def on_assessment(result: dict[str, Any]) -> None:
+    """Store and publish the assessment `assess_group` returned (validated here, where it is read)."""
     assessed_at = time.time()
-    if store.store_assessment(redis_client(), {**assessment, "assessedAt": assessed_at},
-                                snapshot_ttl=get_settings().snapshot_ttl):
+    assessment = Assessment.model_validate(result).model_copy(update={"assessedAt": assessed_at})
+    if store.store_assessment(redis_client(), assessment, snapshot_ttl=get_settings().snapshot_ttl):
         metrics = instruments.get()
-        metrics.assessments.labels(assessment["riskLevel"]).inc()
-        metrics.assessment_latency.observe(max(0.0, assessed_at - assessment["frameTimestamp"]))
+        metrics.assessments.labels(assessment.riskLevel).inc()
+        metrics.assessment_latency.observe(max(0.0, assessed_at - assessment.frameTimestamp))

@@ -30,7 +30,9 @@ import redis
 from kombu.exceptions import OperationalError
 
 from traffic_celery import names, store
-from traffic_celery.capture.sources import ONLINE, FrameSource, SourceOptions
+from traffic_celery.capture.sources import FrameSource, SourceOptions
+from traffic_celery.protocol import (CameraState, ErrorCode, ErrorEvent, EventType, GroupFacts, Job, StreamStopped,
+                                     encode)
 from traffic_celery.registry import CameraConfig
 from traffic_celery.settings import Settings
 from traffic_celery.telemetry import instruments
@@ -43,8 +45,9 @@ from traffic_celery.vision.types import FrameAnalysis, TrafficGroup
 
 logger = logging.getLogger(__name__)
 
-Enqueue = Callable[[dict[str, Any]], str]  # job -> task id
-Report = Callable[[str, str], None]  # (state, message)
+Enqueue = Callable[[Job], str]  # job -> task id
+Report = Callable[[CameraState, str], None]  # (state, message)
+
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", image, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
@@ -112,10 +115,10 @@ class CaptureLoop:
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    def _on_state(self, state: str, message: str) -> None:
+    def _on_state(self, state: CameraState, message: str) -> None:
         if self._stop.is_set():  # a loop being stopped says nothing more: its camera may be stopped or moved
             return
-        if state == ONLINE:
+        if state == CameraState.ONLINE:
             self._on_online()
         self._report(state, message)
 
@@ -165,7 +168,7 @@ class CaptureLoop:
         except Exception as exc:  # one failing camera must stop only itself, and say why
             self.failed = f"camera {self.camera_id} failed: {exc}"
             self.log.warning("%s", self.failed, exc_info=True)
-            self._tell("offline", self.failed, "camera_failed")
+            self._tell(CameraState.OFFLINE, self.failed, ErrorCode.CAMERA_FAILED)
         finally:
             if source is not None:
                 source.stop()
@@ -176,16 +179,16 @@ class CaptureLoop:
         """The source is over for good: a source that never opened is an error, a file that ended is a stop."""
         assert self.source is not None
         if self.source.frames_read == 0:
-            self._tell("offline", f"camera {self.camera_id}: {self.ended}", "camera_failed")
+            self._tell(CameraState.OFFLINE, f"camera {self.camera_id}: {self.ended}", ErrorCode.CAMERA_FAILED)
         else:
-            store.publish(self._redis, self.camera_id, "stream_stopped",
-                            {"cameraId": self.camera_id, "reason": self.ended})
+            store.publish(self._redis, self.camera_id, EventType.STREAM_STOPPED,
+                          StreamStopped(cameraId=self.camera_id, reason=self.ended or "the source ended"))
 
-    def _tell(self, state: str, message: str, error_code: str) -> None:
+    def _tell(self, state: CameraState, message: str, error_code: ErrorCode) -> None:
         try:
             self._report(state, message)
-            store.publish(self._redis, self.camera_id, "error",
-                            {"code": error_code, "message": message, "cameraId": self.camera_id})
+            store.publish(self._redis, self.camera_id, EventType.ERROR,
+                          ErrorEvent(code=error_code, message=message, cameraId=self.camera_id))
         except redis.RedisError:
             self.log.exception("cannot report the failure of camera %s", self.camera_id)
 
@@ -202,14 +205,15 @@ class CaptureLoop:
         self._count(detections, len(groups), detected - started)
         self._motion.observe(ts, detections)
         analysis = FrameAnalysis(self.camera_id, ts, frame.shape[1], frame.shape[0], detections, groups)
-        due = self.scheduler.due(groups, ts)
+        due = self.scheduler.pending(groups, ts)
         for group, reason in due:
             self._enqueue_group(frame, group, ts, reason)
+            self.scheduler.assessed(group, reason, ts)  # only now: a failed enqueue leaves the group due
         analysis.process_time = time.monotonic() - started
         frame_b64 = base64.b64encode(encode_jpeg(frame, self._settings.frame_jpeg_quality)).decode("ascii")
         pipe = self._redis.pipeline(transaction=False)
         pipe.publish(names.events_channel(self.camera_id),
-                     store.event("detection_result", analysis.to_event(frame_b64)))
+                     encode(EventType.DETECTION_RESULT, analysis.to_event(frame_b64)))
         for _group, reason in due:
             pipe.hincrby(names.ASSESS_STATS, f"calls:{reason}", 1)
         if len(groups) > len(due):
@@ -232,8 +236,7 @@ class CaptureLoop:
     def _enqueue_group(self, frame: np.ndarray, group: TrafficGroup, ts: float, reason: str) -> None:
         image_key = store.store_image(self._redis, encode_jpeg(crop(frame, group.bbox), 85),
                                         self._settings.image_ttl)
-        job = {"cameraId": self.camera_id, "groupId": group.group_id, "groupIndex": group.group_index,
-               "imageKey": image_key, "features": group.features.to_dict(),
-               "memberTrackIds": group.member_ids, "frameTimestamp": ts, "reason": reason}
-        self._enqueue(job)
+        self._enqueue(Job(cameraId=self.camera_id, groupId=group.group_id, groupIndex=group.group_index,
+                          imageKey=image_key, features=GroupFacts.model_validate(group.features.to_dict()),
+                          memberTrackIds=group.member_ids, frameTimestamp=ts, reason=reason))
         self.tasks_enqueued += 1

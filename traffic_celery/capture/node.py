@@ -37,6 +37,7 @@ from traffic_celery.capture.sources import configure_ffmpeg
 from traffic_celery.llm.dispatch import Dispatcher, sent_events
 from traffic_celery.llm.keys import KeyPool
 from traffic_celery.llm.router import Router, build_router
+from traffic_celery.protocol import CameraState
 from traffic_celery.redis_conn import listen
 from traffic_celery.registry import CameraConfig, CameraRegistry
 from traffic_celery.settings import Settings
@@ -117,11 +118,11 @@ class CaptureNode:
                     self._let_go(cid, "its source changed", release=False)
                     self._start_loop(config)  # the lease is still ours
                 elif loop.done.is_set():
-                    self._let_go(cid, loop.ended or loop.failed or "its loop ended")
-                    if loop.ended is not None:
-                        self.registry.disable_if(loop.config)
+                    if loop.ended is not None:  # over for good: disabled BEFORE the lease goes, so no other
+                        self.registry.disable_if(loop.config)  # node can claim and restart it in between
                     else:
                         self._retry_at[cid] = now + RETRY_FAILED_AFTER
+                    self._let_go(cid, loop.ended or loop.failed or "its loop ended")
             for cid, held in self.registry.renew(list(self._loops), self.node_id,
                                                  self._settings.capture_lease_ttl).items():
                 if not held:
@@ -145,7 +146,7 @@ class CaptureNode:
     def _start_loop(self, config: CameraConfig) -> None:
         cid = config.camera_id
 
-        def report(state: str, message: str) -> None:
+        def report(state: CameraState, message: str) -> None:
             if self._loops.get(cid) is loop:  # only the camera's current loop here speaks for it
                 self.registry.set_status(cid, state, message, self.node_id)
 
@@ -177,7 +178,7 @@ class CaptureNode:
             loop.stop()
             try:
                 self.registry.release(cid, self.node_id)
-                self.registry.set_status(cid, "reconnecting", f"camera {cid}: capture node {self.node_id} "
+                self.registry.set_status(cid, CameraState.RECONNECTING, f"camera {cid}: capture node {self.node_id} "
                                          "stopped; the next capture node to start takes it over", self.node_id)
             except redis.RedisError as exc:
                 logger.warning("could not hand camera %s over (%s); its lease expires by itself", cid, exc)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from celery import Celery
 from kombu.utils.encoding import safe_repr
 
 from traffic_celery import names
+from traffic_celery.protocol import Job
 from traffic_celery.llm.router import Router
 from traffic_celery.settings import Settings
 
@@ -68,14 +69,15 @@ class Dispatcher:
     def __init__(self, app: Celery, router: Router, events: Optional[SentEvents] = None):
         self._app, self._router, self._events = app, router, events
 
-    def __call__(self, job: dict[str, Any]) -> str:
-        """Enqueue one job; returns the task id."""
+    def __call__(self, job: Job | Mapping[str, Any]) -> str:
+        """Enqueue one job (a :class:`~traffic_celery.protocol.Job`, or its fields, validated here) on the queue
+        of the key the router picks; returns the task id."""
         key = self._router.pick()
         callback = self._app.signature(CALLBACK_TASK, queue=names.RESULTS_QUEUE)
-        job = {**job, "keyId": key.id, "enqueuedAt": time.time(), "failures": 0, "reroutes": 0}
-        result = self._app.send_task(ASSESS_TASK, args=[job], queue=key.queue, link=callback)
+        base = job if isinstance(job, Job) else Job.model_validate(job)
+        wire = base.moved(keyId=key.id, enqueuedAt=time.time(), failures=0, reroutes=0).to_wire()
+        result = self._app.send_task(ASSESS_TASK, args=[wire], queue=key.queue, link=callback)
         if self._events is not None:
-            self._events.send(result.id, ASSESS_TASK, [job], key.queue)
-        logger.debug("enqueued %s for camera %s group %s on %s", result.id, job["cameraId"], job["groupId"],
-                     key.queue)
-        return result.id
+            self._events.send(result.id, ASSESS_TASK, [wire], key.queue)
+        logger.debug("enqueued %s for camera %s group %s on %s", result.id, base.cameraId, base.groupId, key.queue)
+        return str(result.id)

@@ -97,17 +97,29 @@ class AssessmentScheduler:
             return REASSESS
         return None
 
-    def due(self, groups: Sequence[TrafficGroup], now: float) -> list[tuple[TrafficGroup, str]]:
-        """The groups of one frame to assess now, with the reason; remembers them as assessed at `now`."""
+    def pending(self, groups: Sequence[TrafficGroup], now: float) -> list[tuple[TrafficGroup, str]]:
+        """The groups of one frame to assess now, with the reason. Nothing is remembered as assessed until
+        :meth:`assessed` says the call was really enqueued: a group whose enqueue failed (the broker or Redis
+        away) stays due on the next frame instead of waiting for `reassess_interval`."""
         chosen: list[tuple[TrafficGroup, str]] = []
         for group in groups:
             why = self.reason(group, now)
             if why is None:
                 self.saved += 1
-                continue
-            chosen.append((group, why))
-            self.calls[why] += 1
-            self._memory[group.group_id] = _Assessed(frozenset(group.member_ids), group.features, now)
+            else:
+                chosen.append((group, why))
         present = {g.group_id for g in groups}  # a group id that is gone never comes back (GroupIds)
         self._memory = {gid: m for gid, m in self._memory.items() if gid in present}
+        return chosen
+
+    def assessed(self, group: TrafficGroup, reason: str, now: float) -> None:
+        """Record that `group` was sent to the LLM at `now` (its task is on the broker)."""
+        self.calls[reason] += 1
+        self._memory[group.group_id] = _Assessed(frozenset(group.member_ids), group.features, now)
+
+    def due(self, groups: Sequence[TrafficGroup], now: float) -> list[tuple[TrafficGroup, str]]:
+        """:meth:`pending`, each recorded as assessed at `now` (for callers whose sends cannot fail)."""
+        chosen = self.pending(groups, now)
+        for group, why in chosen:
+            self.assessed(group, why, now)
         return chosen
