@@ -42,6 +42,22 @@ class KeyLoad:
     in_flight: int
 
 
+# KEYS: per key its `disabled`, `cooldown` and `leases` keys. Per key: disabled (0/1), cooldown left (ms, <0 none),
+# live leases: those whose expiry (the score) is after Redis's now; an expired lease (a worker killed mid-call)
+# is not a call in flight.
+_LOADS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {}
+for i = 1, #KEYS, 3 do
+  out[#out + 1] = redis.call('EXISTS', KEYS[i])
+  out[#out + 1] = redis.call('PTTL', KEYS[i + 1])
+  out[#out + 1] = redis.call('ZCOUNT', KEYS[i + 2], '(' .. now, '+inf')
+end
+return out
+"""
+
+
 class Router:
     def __init__(self, r: redis.Redis, pool: KeyPool, limiter: KeyLimiter, strategy: str = "least_loaded",
                  broker: Optional[redis.Redis] = None):
@@ -49,15 +65,13 @@ class Router:
             raise ValueError(f"unknown router strategy {strategy!r}; use one of {STRATEGIES}")
         self._redis, self._pool, self.limiter, self.strategy = r, pool, limiter, strategy
         self._broker = broker  # the Redis broker, to read queue depths; None on another broker
+        self._loads = r.register_script(_LOADS)
 
     def loads(self, keys: Iterable[ApiKey]) -> list[KeyLoad]:
         keys = list(keys)
-        pipe = self._redis.pipeline()
-        for key in keys:
-            pipe.exists(prefix(key.id) + "disabled")
-            pipe.pttl(prefix(key.id) + "cooldown")
-            pipe.zcard(prefix(key.id) + "leases")
-        raw = pipe.execute()
+        if not keys:
+            return []
+        raw = self._loads(keys=[prefix(key.id) + part for key in keys for part in ("disabled", "cooldown", "leases")])
         depths = [0] * len(keys)
         if self._broker is not None:
             bpipe = self._broker.pipeline()
