@@ -5,11 +5,13 @@ PY := $(VENV)/bin/python
 export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.run/ultralytics
 
-.PHONY: demo test install install-dev media browser clean
+.PHONY: demo test lint install install-dev media browser clean
 
-$(VENV)/.installed: requirements.txt
+# the pins (requirements.txt), then the project itself, editable, for the `traffic-celery` command the Procfile runs
+$(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
@@ -27,7 +29,12 @@ browser:
 	@command -v chromium >/dev/null || scripts/install_chromium.sh
 
 demo: install media
-	$(PY) -m traffic_celery.launcher
+	$(VENV)/bin/traffic-celery run
+
+# ruff (pyproject.toml [tool.ruff]) and mypy (pyproject.toml [tool.mypy]: strict on traffic_celery)
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: install-dev media browser
 	$(PY) -m pytest $(PYTEST_ARGS)

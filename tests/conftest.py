@@ -7,12 +7,14 @@ each fixture waits on a readiness condition with a deadline and stops its proces
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -27,6 +29,7 @@ from traffic_celery.settings import REPO_ROOT, Settings
 
 SAMPLE_VIDEO = REPO_ROOT / ".media" / "vtest.avi"
 TEST_KEYS = "test-a=tk-test-secret-aaaa-1111,test-b=tk-test-secret-bbbb-2222"
+TEST_API_TOKENS = ("test-token-0123456789abcdef", "page-token-5f3a9c2e71d4b086")  # TC_API_TOKEN of tests' web tiers
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 ASSETS_BUS = Path(__import__("ultralytics").__file__).parent / "assets" / "bus.jpg"
 
@@ -99,6 +102,7 @@ def no_secret_in_any_log(log_dir) -> Iterator[None]:
     """After the session: no full API key in the output of any process any test started."""
     yield
     secrets = [pair.split("=", 1)[1] for pair in TEST_KEYS.split(",")] + ["sk-pool-test-secret", "sk-load-"]
+    secrets += list(TEST_API_TOKENS)
     leaks = [f"{path.name}: {secret[:12]}..." for path in sorted(log_dir.glob("*.log"))
              for secret in secrets if secret in path.read_text(errors="replace")]
     assert not leaks, f"a full API key in the logs of {log_dir}: {leaks}"
@@ -116,6 +120,37 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 @pytest.fixture()
 def redis_client(redis_server) -> redis.Redis:
     return redis.Redis.from_url(redis_server.url, socket_timeout=5)
+
+
+@dataclass(frozen=True)
+class IsolatedRedis:
+    db: int
+    url: str  # the session's Redis server, this database
+    client: redis.Redis
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        """`env` with TC_REDIS_URL on this database (for processes the test starts)."""
+        return {**env, "TC_REDIS_URL": self.url}
+
+
+# db 0 belongs to the session's processes (worker, web tier, registry); the others are handed out in turn
+_ISOLATED_DBS = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture()
+def isolated_redis(redis_server) -> Iterator[IsolatedRedis]:
+    """A database of the session's Redis for this test alone: never db 0, taken in turn from 1..15, empty when
+    the test starts and flushed again when it ends (stop the processes using it before then)."""
+    db = next(_ISOLATED_DBS)
+    assert db != 0
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    client.flushdb()
+    try:
+        yield IsolatedRedis(db, url, client)
+    finally:
+        client.flushdb()
+        client.close()
 
 
 @pytest.fixture(autouse=True)

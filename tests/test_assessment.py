@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from traffic_celery.fake_provider import assess_from_facts
 from traffic_celery.llm.schema import (
+    GroupResult,
     ReplyError,
     build_messages,
     build_user_text,
@@ -41,12 +43,58 @@ def test_reply_missing_fields_is_rejected_with_the_field_named():
 
 @pytest.mark.parametrize("reply", [
     {"risk_level": "high", "groups": [{"id": 0, "level": "high"}]},          # the old system's other schema
-    {"hasDangerousDriving": False, "maxRiskLevel": "none", "results": []},     # empty results
+    {"hasDangerousDriving": False, "maxRiskLevel": "none"},                    # no results at all
+    {"maxRiskLevel": "none", "results": []},                                   # "no danger" missing a field
+    {"hasDangerousDriving": False, "results": []},                             # ... and the other one
+    {"hasDangerousDriving": False, "maxRiskLevel": "none", "results": None},   # results not a list
     {"hasDangerousDriving": True, "maxRiskLevel": "severe", "results": GOOD["results"]},  # unknown level
 ])
 def test_wrong_schema_is_rejected_not_read_as_none(reply):
     with pytest.raises(ReplyError, match="does not follow the schema"):
         parse_reply(json.dumps(reply))
+
+
+NO_DANGER = {"hasDangerousDriving": False, "maxRiskLevel": "none", "results": []}
+
+
+@pytest.mark.parametrize("group_index, expected_index", [(4, 4), (0, 0), (None, 0)])
+def test_the_no_danger_answer_is_risk_none_for_the_group_asked_about(group_index, expected_index):
+    result = parse_reply("No danger here:\n```json\n" + json.dumps(NO_DANGER) + "\n```", group_index=group_index)
+    assert result == GroupResult(groupIndex=expected_index, riskLevel="none", confidence=1.0, riskTypes=[],
+                                 description="no danger seen", dangerObjectCount=0, triggerObjectIds=[])
+
+
+LOW = {"groupIndex": 0, "riskLevel": "low", "confidence": 0.4, "riskTypes": [], "description": "calm",
+       "dangerObjectCount": 0, "triggerObjectIds": []}
+NONE = {**LOW, "riskLevel": "none"}
+
+
+@pytest.mark.parametrize("reply, why", [
+    ({"hasDangerousDriving": True, "maxRiskLevel": "none", "results": []},
+     "hasDangerousDriving is true but maxRiskLevel is none"),
+    ({"hasDangerousDriving": True, "maxRiskLevel": "none", "results": [NONE]},
+     "hasDangerousDriving is true but maxRiskLevel is none"),
+    ({"hasDangerousDriving": False, "maxRiskLevel": "low", "results": []}, "maxRiskLevel is low but results is empty"),
+    ({"hasDangerousDriving": True, "maxRiskLevel": "high", "results": []},
+     "maxRiskLevel is high but results is empty"),
+    ({"hasDangerousDriving": True, "maxRiskLevel": "medium", "results": GOOD["results"]},
+     "groupIndex 2 has riskLevel high, above maxRiskLevel medium"),
+    ({"hasDangerousDriving": False, "maxRiskLevel": "none", "results": [LOW]},
+     "groupIndex 0 has riskLevel low, above maxRiskLevel none"),
+    ({"hasDangerousDriving": True, "maxRiskLevel": "high", "results": [LOW]},
+     "maxRiskLevel is high but no result has a riskLevel above low"),
+])
+def test_a_reply_that_contradicts_itself_is_rejected(reply, why):
+    with pytest.raises(ReplyError, match=re.escape(f"LLM reply contradicts itself ({why})")):
+        parse_reply(json.dumps(reply), group_index=0)
+
+
+def test_what_is_not_a_contradiction_is_accepted():
+    # hasDangerousDriving false at a high risk: the schema does not say from which level driving is dangerous
+    calm_high = {"hasDangerousDriving": False, "maxRiskLevel": "high", "results": GOOD["results"]}
+    assert parse_reply(json.dumps(calm_high), group_index=2).riskLevel == "high"
+    # a "none" result under a "none" maximum, and danger-free results are not the empty answer
+    assert parse_reply(json.dumps({**NO_DANGER, "results": [NONE]}), group_index=0).description == "calm"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -1,7 +1,7 @@
 """Cameras through the real system: a WebSocket client, web processes, capture nodes, an HTTP MJPEG camera.
 
-Tests that need a system of their own (a restart, capture nodes) use another database of the session's Redis,
-so that the session's web tier (itself a capture node) does not take their cameras.
+Tests that need a system of their own (a restart, capture nodes) use a database of the session's Redis of their own
+(`isolated_redis`), so that the session's web tier (itself a capture node) does not take their cameras.
 """
 
 from __future__ import annotations
@@ -15,10 +15,6 @@ import requests
 
 from .conftest import Proc, scrape, start_web, total, wait_for
 from .mjpeg_server import MjpegServer, StalledServer
-
-
-def on_db(env: dict[str, str], db: int) -> dict[str, str]:
-    return {**env, "TC_REDIS_URL": env["TC_REDIS_URL"].rsplit("/", 1)[0] + f"/{db}"}
 
 
 def status_is(camera_id: str, state: str, text: str = ""):
@@ -101,6 +97,7 @@ def test_bad_url_fails_alone_and_is_listed_stopped_with_its_error(web, ws_factor
     client.wait(frame_of("good"), 60, "the good camera's frames")
     client.send("start_stream", {"cameraId": "bad", "rtspUrl": "rtsp://127.0.0.1:9/nothing-listens-here"})
     status = client.wait(lambda m: m["type"] == "camera_status" and m["data"]["cameraId"] == "bad", 30, "status")
+    failed_at = time.time()  # camera_status carries no time: when it was received
     assert status["data"]["state"] == "offline" and "cannot open camera source" in status["data"]["message"]
     error = client.wait(lambda m: m["type"] == "error", 10, "the error event")
     assert error["data"]["code"] == "camera_failed" and error["data"]["cameraId"] == "bad"
@@ -108,11 +105,15 @@ def test_bad_url_fails_alone_and_is_listed_stopped_with_its_error(web, ws_factor
     def listed() -> dict:
         return {c["cameraId"]: c for c in requests.get(web + "/api/cameras", timeout=5).json()}
 
-    bad = wait_for(lambda: not listed()["bad"]["enabled"] and listed()["bad"], 10, "the bad camera stopped")
+    # disabled first, then its lease released (so no other node restarts it in between): wait for both
+    bad = wait_for(lambda: (entry := listed()["bad"]) and not entry["enabled"] and entry["node"] is None and entry,
+                   10, "the bad camera stopped and let go")
     assert bad["state"] == "offline" and "cannot open camera source" in bad["message"] and bad["node"] is None
     assert listed()["good"]["enabled"] and listed()["good"]["state"] == "online"
-    after = client.wait(frame_of("good"), 30, "the good camera still running")
-    assert after["data"]["timestamp"] > status["data"].get("timestamp", 0)
+    # frames already on the way when the bad camera failed do not count: one taken after its status arrived
+    after = client.wait(lambda m: frame_of("good")(m) and m["data"]["timestamp"] > failed_at, 30,
+                        "a frame of the good camera taken after the bad one failed")
+    assert after["data"]["timestamp"] <= time.time()
 
 
 def test_check_camera_probes_off_the_receive_loop(web, ws_factory, mjpeg):
@@ -136,8 +137,9 @@ def test_check_camera_probes_off_the_receive_loop(web, ws_factory, mjpeg):
         stalled.close()
 
 
-def test_a_restarted_web_tier_restarts_the_registered_cameras(system_env, log_dir, ws_factory, sample_video):
-    env = on_db(system_env, 1)
+def test_a_restarted_web_tier_restarts_the_registered_cameras(system_env, log_dir, ws_factory, sample_video,
+                                                              isolated_redis):
+    env = isolated_redis.env(system_env)
     first, url = start_web(env, log_dir, "web-db1")
     try:
         client = ws_factory(url)
@@ -156,8 +158,9 @@ def test_a_restarted_web_tier_restarts_the_registered_cameras(system_env, log_di
         second.stop()
 
 
-def test_a_dead_capture_node_s_cameras_restart_on_another(system_env, log_dir, ws_factory, sample_video):
-    env = {**on_db(system_env, 2), "TC_CAPTURE_IN_WEB": "false"}
+def test_a_dead_capture_node_s_cameras_restart_on_another(system_env, log_dir, ws_factory, sample_video,
+                                                          isolated_redis):
+    env = {**isolated_redis.env(system_env), "TC_CAPTURE_IN_WEB": "false"}
     nodes = [Proc(f"capture-{i}", [sys.executable, "-m", "traffic_celery.capture"], env, log_dir) for i in range(2)]
     web_proc = None
     try:
@@ -189,8 +192,8 @@ def test_a_dead_capture_node_s_cameras_restart_on_another(system_env, log_dir, w
 
 
 def test_frames_are_rate_limited_per_client_and_a_stalled_client_slows_nothing(system_env, log_dir, ws_factory,
-                                                                                sample_video):
-    env = {**on_db(system_env, 4), "TC_FRAME_INTERVAL": "0.1", "TC_WS_FRAME_RATE": "1"}
+                                                                                sample_video, isolated_redis):
+    env = {**isolated_redis.env(system_env), "TC_FRAME_INTERVAL": "0.1", "TC_WS_FRAME_RATE": "1"}
     proc, url = start_web(env, log_dir, "web-rate")
     try:
         dropped_before = total(scrape(url), "tc_websocket_frames_dropped_total")

@@ -110,3 +110,90 @@ def test_page_reconnects_after_the_server_restarts(browser, system_env, log_dir,
     finally:
         page.close()
         proc.stop()
+
+
+def test_page_logs_in_with_the_token_and_keeps_it_out_of_urls(browser, system_env, log_dir, worker):
+    from .conftest import TEST_API_TOKENS, start_web
+
+    token = TEST_API_TOKENS[1]
+    proc, url = start_web({**system_env, "TC_API_TOKEN": token}, log_dir, "web-page-token")
+    urls: list[str] = []
+    errors: list[str] = []
+
+    def watch(page) -> None:
+        page.on("request", lambda request: urls.append(request.url))
+        page.on("websocket", lambda ws: urls.append(ws.url))
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    watch(page)
+    try:
+        page.goto(url + "/")  # autostart: camera 1 on the sample video, once logged in
+        page.wait_for_selector("#login:not([hidden])", timeout=15_000)
+        assert page.locator(".card").count() == 0
+        page.fill("#login-token", "wrong-token-xxxxxxxxxx")
+        page.click("#login-submit")
+        page.wait_for_function("document.getElementById('login-error').textContent.includes('wrong token')")
+        page.fill("#login-token", token)
+        page.click("#login-submit")
+        page.wait_for_selector("#login", state="hidden", timeout=10_000)
+        page.wait_for_selector("#conn.on", timeout=20_000)
+        page.wait_for_selector('.card[data-camera="1"]', timeout=15_000)
+        page.wait_for_function("Number(document.getElementById('frame').dataset.boxes || 0) > 0", timeout=90_000)
+        page.wait_for_selector("#keys tbody tr", timeout=15_000)
+        # an alert's crop: an <img> the cookie alone authenticates
+        page.wait_for_function("(() => { const i = document.querySelector('li.assessment:not(.error) img.thumb');"
+                               " return i && i.complete && i.naturalWidth > 0; })()", timeout=90_000)
+        (session,) = [c for c in page.context.cookies() if c["name"] == "tc_session"]
+        assert session["httpOnly"] and session["sameSite"] == "Strict" and session["value"] != token
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: no script reads it
+        assert token not in page.evaluate("JSON.stringify({...localStorage, ...sessionStorage})")
+        assert any(u.startswith(url.replace("http", "ws") + "/ws") for u in urls)
+        assert any(u.endswith("/snapshot.jpg") for u in urls)
+        assert not [u for u in urls if token in u], urls
+        assert not errors, errors
+    finally:
+        page.close()
+
+    # an old bookmark /?token=...: logged in with once, and the token leaves the address bar
+    urls.clear()
+    page = browser.new_page()  # a new context: no cookie yet
+    watch(page)
+    try:
+        page.goto(url + f"/?token={token}&autostart=0")
+        page.wait_for_selector('.card[data-camera="1"]', timeout=15_000)
+        page.wait_for_selector("#conn.on", timeout=20_000)
+        assert token not in page.url and page.url.endswith("/?autostart=0")
+        assert page.locator("#login").is_hidden()
+        assert [u for u in urls if token in u] == [url + f"/?token={token}&autostart=0"], urls  # the bookmark only
+        assert not errors, errors
+    finally:
+        page.close()
+        proc.stop()
+
+
+def test_the_alert_feed_shows_only_the_selected_camera(browser, web, sample_video):
+    from .conftest import wait_for
+
+    for camera_id in ("feed-a", "feed-b"):
+        r = requests.post(web + "/api/cameras", json={"cameraId": camera_id, "url": str(sample_video)}, timeout=5)
+        assert r.status_code == 201, r.text
+    for camera_id in ("feed-a", "feed-b"):
+        wait_for(lambda: requests.get(f"{web}/api/cameras/{camera_id}/alerts", timeout=5).json()["items"], 120,
+                 f"an alert of {camera_id}")
+    feed = "[...document.querySelectorAll('#assessments li.assessment:not(.error)')].map((li) => li.dataset.cameraId)"
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        page.goto(web + "/?autostart=0")
+        page.wait_for_selector('.card[data-camera="feed-b"]', timeout=15_000)
+        page.click('.card[data-camera="feed-a"] .card-head')
+        page.wait_for_selector('li.assessment[data-camera-id="feed-a"]', timeout=15_000)
+        page.click('.card[data-camera="feed-b"] .card-head')
+        page.wait_for_selector('li.assessment[data-camera-id="feed-b"]', timeout=15_000)
+        assert set(page.evaluate(feed)) == {"feed-b"}
+        page.wait_for_timeout(3000)  # live alerts of both cameras keep coming: only feed-b's join the feed
+        shown = page.evaluate(feed)
+        assert set(shown) == {"feed-b"}
+        assert page.inner_text("#alert-count") == str(len(shown))
+    finally:
+        page.close()

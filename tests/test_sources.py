@@ -16,7 +16,9 @@ from traffic_celery.capture.sources import (
     RECONNECTING,
     FrameSource,
     SourceOptions,
+    UrlRefused,
     backoff_delay,
+    check_url,
     probe,
 )
 
@@ -160,3 +162,55 @@ def test_a_stream_that_stalls_without_closing_counts_as_lost_after_the_read_time
     finally:
         source.stop()
         server.stop()
+
+
+@pytest.fixture()
+def repo(tmp_path, monkeypatch) -> Path:
+    """A repository with a media folder holding vtest.avi, a file beside it outside the media folder, and the
+    working directory at the repository's root."""
+    root = tmp_path / "repo"
+    (root / ".media" / "sub").mkdir(parents=True)
+    (root / ".media" / "vtest.avi").write_bytes(b"video")
+    (root / "secret.txt").write_text("not a camera")
+    monkeypatch.chdir(root)
+    return root
+
+
+def test_a_media_file_is_accepted_however_its_path_is_written(repo, monkeypatch):
+    media, video = repo / ".media", str((repo / ".media" / "vtest.avi").resolve())
+    for url in [".media/vtest.avi", "./.media/vtest.avi", ".media/sub/../vtest.avi",  # from the working directory
+                "vtest.avi", "sub/../vtest.avi",                                    # from the media folder
+                video, f"file://{video}", "file:.media/vtest.avi"]:
+        assert check_url(url, media) == video, url
+        assert check_url(url, Path(".media")) == video, url  # TC_MEDIA_DIR given relative to the working directory
+    monkeypatch.chdir(media / "sub")
+    assert check_url("../vtest.avi", media) == video  # only the working-directory reading stays inside
+    monkeypatch.chdir(media)
+    assert check_url("vtest.avi", media) == video     # both readings are the same file
+
+
+def test_the_media_folder_reading_wins_when_both_readings_exist(repo):
+    inner = repo / ".media" / ".media"
+    inner.mkdir()
+    (inner / "vtest.avi").write_bytes(b"another video")
+    assert check_url(".media/vtest.avi", repo / ".media") == str(inner.resolve() / "vtest.avi")
+
+
+def test_a_missing_file_is_stored_in_the_media_folder(repo):
+    media = (repo / ".media").resolve()
+    assert check_url("later.avi", repo / ".media") == str(media / "later.avi")
+    assert check_url("sub/later.avi", repo / ".media") == str(media / "sub" / "later.avi")
+
+
+def test_paths_outside_the_media_folder_are_refused_however_they_are_written(repo, tmp_path):
+    outside = repo / "secret.txt"
+    (repo / ".media" / "escape.avi").symlink_to(outside)      # a link in the media folder to a file outside
+    (repo / ".media" / "gone.avi").symlink_to(tmp_path / "nowhere.avi")
+    (repo / "vtest-link.avi").symlink_to(repo / ".media" / "vtest.avi")  # outside, pointing inside: fine
+    media = repo / ".media"
+    for url in ["../secret.txt", ".media/../secret.txt/", ".media/../../repo/secret.txt", "../../etc/passwd",
+                str(outside), f"file://{outside}", "file:../secret.txt", "escape.avi", ".media/escape.avi",
+                "gone.avi", "/etc/passwd", "~/.ssh/id_rsa", "sub/../../secret.txt"]:
+        with pytest.raises(UrlRefused, match="outside the media folder"):
+            print(url, "->", check_url(url, media))
+    assert check_url("vtest-link.avi", media) == str((media / "vtest.avi").resolve())

@@ -13,7 +13,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import redis
 
@@ -32,7 +31,8 @@ def redis_answers(url: str, timeout: float = 1.0) -> bool:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]  # (host, port) of an AF_INET socket
+        return port
 
 
 def redis_server_binary() -> str:
@@ -55,22 +55,22 @@ class EmbeddedRedis:
     """A redis-server child process on 127.0.0.1, in a temporary folder; without persistence unless
     `persistent` (an append-only file synced on every write, so :meth:`restart` keeps every key)."""
 
-    def __init__(self, port: Optional[int] = None, persistent: bool = False):
+    def __init__(self, port: int | None = None, persistent: bool = False):
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="tc-redis-")
         self._persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else \
             ["--appendonly", "no"]
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen[bytes] | None = None
 
-    def restart(self, down_for: float = 0.0) -> "EmbeddedRedis":
+    def restart(self, down_for: float = 0.0) -> EmbeddedRedis:
         """Stop the server (its clients lose their connections), wait `down_for` seconds, start it again on the
         same port and folder."""
         self._terminate()
         time.sleep(down_for)
         return self.start()
 
-    def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         binary = redis_server_binary()
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *self._persistence,
@@ -103,7 +103,7 @@ class EmbeddedRedis:
             logger.info("stopped embedded redis-server on %s", self.url)
 
 
-def resolve_redis(settings: Settings) -> tuple[str, Optional[EmbeddedRedis]]:
+def resolve_redis(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
     """The Redis URL every process should use, and the embedded server if one had to be started."""
     if settings.redis_url:
         return settings.redis_url, None

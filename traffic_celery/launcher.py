@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO
 
 import requests
 
@@ -44,7 +44,7 @@ def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
 
 
 class Child:
-    def __init__(self, name: str, command: str, env: dict[str, str], log: Optional[IO[bytes]]):
+    def __init__(self, name: str, command: str, env: dict[str, str], log: IO[bytes] | None):
         self.name = name
         self.process = subprocess.Popen(["/bin/sh", "-c", f"exec {command}"], cwd=REPO_ROOT, env=env,
                                         stdout=log, stderr=subprocess.STDOUT if log else None,
@@ -129,7 +129,7 @@ def main(argv: list[str]) -> int:
         if args.log_dir:
             args.log_dir.mkdir(parents=True, exist_ok=True)
         for name in wanted:
-            log = open(args.log_dir / f"{name}.log", "ab") if args.log_dir else None
+            log: IO[bytes] | None = open(args.log_dir / f"{name}.log", "ab") if args.log_dir else None
             if log:
                 logs.append(log)
             children.append(Child(name, procfile[name], env, log))
@@ -138,7 +138,7 @@ def main(argv: list[str]) -> int:
             host = settings.web_host if settings.api_token else "127.0.0.1"  # web/auth.py: loopback without token
             url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{settings.web_port}/"
             wait_ready(url + "api/health", children, args.ready_timeout)
-            hint = "?token=<your TC_API_TOKEN>" if settings.api_token else ""
+            hint = "  (the page asks for TC_API_TOKEN)" if settings.api_token else ""
             print(f"traffic_celery is running: open {url}{hint}  (Redis {redis_url}; Ctrl-C stops everything)",
                   flush=True)
         while not stop.wait(0.5):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Any, Literal, Optional, TypedDict
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -129,10 +129,10 @@ class StreamStopped(_Wire):
 class ErrorEvent(_Wire):
     code: ErrorCode
     message: str
-    cameraId: Optional[str] = None
-    groupId: Optional[str] = None
-    taskId: Optional[str] = None
-    keyId: Optional[str] = None
+    cameraId: str | None = None
+    groupId: str | None = None
+    taskId: str | None = None
+    keyId: str | None = None
 
 
 class GroupFacts(_Wire):
@@ -141,9 +141,9 @@ class GroupFacts(_Wire):
     objectCount: int
     classCounts: dict[str, int]
     minGap: float
-    pedestrianVehicleGap: Optional[float] = None
-    approachSpeed: Optional[float] = None
-    timeToContact: Optional[float] = None
+    pedestrianVehicleGap: float | None = None
+    approachSpeed: float | None = None
+    timeToContact: float | None = None
 
 
 class Job(_Wire):
@@ -160,10 +160,10 @@ class Job(_Wire):
     reason: str
     keyId: str = ""  # set by the dispatcher (the router's choice)
     enqueuedAt: float = 0.0
-    failures: int = Field(0, ge=0)  # provider failures so far (retried with backoff)
-    reroutes: int = Field(0, ge=0)  # moves forced by a fault of the key (429, disabled, cooling)
-    moves: int = Field(0, ge=0)  # moves to a less loaded key (normal operation)
-    startedAt: Optional[float] = None  # when the first call was made (queue wait is measured to it)
+    failures: int = Field(default=0, ge=0)  # provider failures so far (retried with backoff)
+    reroutes: int = Field(default=0, ge=0)  # moves forced by a fault of the key (429, disabled, cooling)
+    moves: int = Field(default=0, ge=0)  # moves to a less loaded key (normal operation)
+    startedAt: float | None = None  # when the first call was made (queue wait is measured to it)
 
     def moved(self, **changes: Any) -> Job:
         return self.model_copy(update=changes)
@@ -188,15 +188,15 @@ class Assessment(_Wire):
     frameTimestamp: float
     queueWait: float = 0.0
     moves: int = 0
-    imageKey: Optional[str] = None
-    assessedAt: Optional[float] = None
+    imageKey: str | None = None
+    assessedAt: float | None = None
 
 
 class KeyState(TypedDict):
     """One key's shared state as the limiter reads it from Redis (never its secret)."""
 
     state: Literal["ready", "cooling", "disabled", "off"]
-    disabledReason: Optional[str]
+    disabledReason: str | None
     cooldownLeft: float
     inFlight: int
     calls: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -41,7 +41,8 @@ def listen(settings: Settings, stop: threading.Event, on_message: Callable[[str,
     while not stop.is_set():
         pubsub = None
         try:
-            pubsub = connect_pubsub(settings).pubsub(ignore_subscribe_messages=True)
+            # redis-py leaves Redis.pubsub() unannotated
+            pubsub = connect_pubsub(settings).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             if channels:
                 pubsub.subscribe(*channels)
             if patterns:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,12 +43,12 @@ class CameraConfig(BaseModel):
 
     camera_id: str = Field(alias="cameraId")
     url: str
-    frame_interval: Optional[float] = Field(None, alias="frameInterval", gt=0, le=60)
+    frame_interval: float | None = Field(None, alias="frameInterval", gt=0, le=60)
     enabled: bool = True  # false: registered but stopped (by an operator, or because its source is over)
     verified: bool = False  # the source has opened once: later open failures are retried, not final
     added_at: float = Field(default_factory=time.time, alias="addedAt")
 
-    def same_source(self, other: "CameraConfig") -> bool:
+    def same_source(self, other: CameraConfig) -> bool:
         return self.url == other.url and self.frame_interval == other.frame_interval
 
     def to_json(self) -> str:
@@ -103,9 +104,9 @@ class CameraRegistry:
         self._cas = r.register_script(_CAS)
 
     # --- configs (the web tier) -------------------------------------------------------------------------------
-    def update(self, camera_id: str, change: Callable[[Optional[CameraConfig]], Optional[CameraConfig]],
-               stopped_message: Optional[str] = STOPPED_BY_OPERATOR,
-               notify: bool = True) -> tuple[Optional[CameraConfig], Optional[CameraConfig]]:
+    def update(self, camera_id: str, change: Callable[[CameraConfig | None], CameraConfig | None],
+               stopped_message: str | None = STOPPED_BY_OPERATOR,
+               notify: bool = True) -> tuple[CameraConfig | None, CameraConfig | None]:
         """Change one camera atomically: `change` gets the current config (None if unregistered) and returns the
         new one, or None to leave it as it is. The write happens only if nobody wrote the camera since it was
         read (compare-and-set in Lua); otherwise `change` runs again on the fresh config. So a late writer (a
@@ -148,10 +149,10 @@ class CameraRegistry:
         self.notify()
         return True
 
-    def put(self, config: CameraConfig) -> Optional[CameraConfig]:
+    def put(self, config: CameraConfig) -> CameraConfig | None:
         """Register (or change) a camera; returns the previous config. Same source and state: kept as it was
         (a camera that worked stays `verified`)."""
-        def change(current: Optional[CameraConfig]) -> Optional[CameraConfig]:
+        def change(current: CameraConfig | None) -> CameraConfig | None:
             if current is not None and current.same_source(config):
                 return None if current.enabled == config.enabled else \
                     current.model_copy(update={"enabled": config.enabled})
@@ -160,7 +161,7 @@ class CameraRegistry:
         return self.update(config.camera_id, change)[0]
 
     def set_enabled(self, camera_id: str, enabled: bool,
-                    stopped_message: Optional[str] = STOPPED_BY_OPERATOR) -> Optional[CameraConfig]:
+                    stopped_message: str | None = STOPPED_BY_OPERATOR) -> CameraConfig | None:
         """Start or stop a registered camera; returns its config as it was, None if it is not registered."""
         return self.update(camera_id, lambda current: None if current is None or current.enabled == enabled
                            else current.model_copy(update={"enabled": enabled}), stopped_message)[0]
@@ -190,13 +191,13 @@ class CameraRegistry:
         self.update(config.camera_id, lambda now: now.model_copy(update={"verified": True})
                     if now is not None and now.same_source(config) and not now.verified else None, notify=False)
 
-    def get(self, camera_id: str) -> Optional[CameraConfig]:
+    def get(self, camera_id: str) -> CameraConfig | None:
         raw = self._redis.hget(names.CAMERAS, camera_id)
         return None if raw is None else CameraConfig.model_validate_json(raw)
 
     def all(self) -> dict[str, CameraConfig]:
         configs = {}
-        for cid, raw in self._redis.hgetall(names.CAMERAS).items():
+        for cid, raw in cast("dict[bytes, bytes]", self._redis.hgetall(names.CAMERAS)).items():
             try:
                 configs[cid.decode()] = CameraConfig.model_validate_json(raw)
             except ValueError:
@@ -214,7 +215,7 @@ class CameraRegistry:
         if not camera_ids:
             return {}
         held = self._renew(keys=[names.owner_key(c) for c in camera_ids], args=[node, int(ttl * 1000)])
-        return {cid: bool(h) for cid, h in zip(camera_ids, held)}
+        return {cid: bool(h) for cid, h in zip(camera_ids, held, strict=True)}  # one answer per key
 
     def release(self, camera_id: str, node: str) -> None:
         self._release(keys=[names.owner_key(camera_id)], args=[node])
@@ -236,7 +237,7 @@ class CameraRegistry:
             pipe.hset(names.status_key(camera_id), mapping={k: json.dumps(v) for k, v in values.items()})
         pipe.execute()
 
-    def describe(self, camera_ids: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+    def describe(self, camera_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Registered cameras (all, or those of `camera_ids` that exist) with owner and last status, for the API."""
         if camera_ids is None:
             configs = self.all()
@@ -264,7 +265,8 @@ class CameraRegistry:
         return cameras
 
     def status(self, camera_id: str) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self._redis.hgetall(names.status_key(camera_id)).items()}
+        status = cast("dict[bytes, bytes]", self._redis.hgetall(names.status_key(camera_id)))
+        return {k.decode(): v.decode() for k, v in status.items()}
 
     def forget_status(self, camera_id: str) -> None:
         self._redis.delete(names.status_key(camera_id))

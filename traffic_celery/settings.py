@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,141 +36,145 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TC_", extra="forbid", validate_default=True)
 
     # --- Redis / broker -------------------------------------------------------------------------------------
-    redis_url: Optional[str] = Field(
-        None, description="Redis for results, images, events. Unset: the launcher probes redis_probe_url, "
+    redis_url: str | None = Field(
+        default=None, description="Redis for results, images, events. Unset: the launcher probes redis_probe_url, "
         "else starts the embedded redis-server. Processes started without it use redis_probe_url.")
-    redis_probe_url: str = Field("redis://127.0.0.1:6379/0", description="Redis tried when redis_url is unset.")
-    broker_url: Optional[str] = Field(None, description="Celery broker; defaults to redis_url.")
-    events_url: Optional[str] = Field(
-        None, description="Where Celery's monitoring events (Flower) go; default: the broker when it is Redis, "
+    redis_probe_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis tried when redis_url is unset.")
+    broker_url: str | None = Field(default=None, description="Celery broker; defaults to redis_url.")
+    events_url: str | None = Field(
+        default=None, description="Where Celery's monitoring events (Flower) go; default: the broker when it is Redis, "
         "else redis_url (Kafka carries no events: it has no fanout).")
     kafka_poll_interval: float = Field(
-        0.1, gt=0, le=10, description="Kafka broker: seconds a worker waits on one queue (topic) before it polls "
-        "the next; a worker visits its queues in turn, so this bounds the wait of a task on a quiet queue.")
-    redis_timeout: float = Field(5.0, gt=0, le=60, description="Socket timeout for Redis calls, seconds.")
+        default=0.1, gt=0, le=10, description="Kafka broker: seconds a worker waits on one queue (topic) before it "
+        "polls the next; a worker visits its queues in turn, so this bounds the wait of a task on a quiet queue.")
+    redis_timeout: float = Field(default=5.0, gt=0, le=60, description="Socket timeout for Redis calls, seconds.")
     visibility_timeout: int = Field(
-        300, ge=10, description="Seconds before an unacknowledged task is redelivered (Redis broker).")
+        default=300, ge=10, description="Seconds before an unacknowledged task is redelivered (Redis broker).")
 
     # --- Capture and detection ------------------------------------------------------------------------------
-    frame_interval: float = Field(0.5, gt=0, le=60, description="Seconds between analysed frames per camera.")
+    frame_interval: float = Field(default=0.5, gt=0, le=60, description="Seconds between analysed frames per camera.")
     yolo_model: str = Field(default_factory=_default_model, description="Any file ultralytics loads; "
                             "relative paths are resolved from the repository root.")
-    yolo_conf: float = Field(0.3, gt=0, lt=1, description="Minimum detection confidence.")
-    yolo_imgsz: int = Field(640, ge=32, le=4096, description="Inference image size.")
+    yolo_conf: float = Field(default=0.3, gt=0, lt=1, description="Minimum detection confidence.")
+    yolo_imgsz: int = Field(default=640, ge=32, le=4096, description="Inference image size.")
     yolo_classes: list[str] = Field(
         default=["person", "bicycle", "car", "motorcycle", "bus", "truck"],
         description="COCO class names kept, spelled as the model spells them.")
     group_link_factor: float = Field(
-        1.0, gt=0, le=10, description="Two objects are in one group when the gap between their boxes is at most "
-        "this many times the smaller object's height (so grouping does not depend on resolution).")
+        default=1.0, gt=0, le=10, description="Two objects are in one group when the gap between their boxes is at "
+        "most this many times the smaller object's height (so grouping does not depend on resolution).")
     group_pv_link_factor: float = Field(
-        1.5, gt=0, le=10, description="The same for a pedestrian and a vehicle, the pair that matters most: they "
-        "group from further apart.")
+        default=1.5, gt=0, le=10, description="The same for a pedestrian and a vehicle, the pair that matters most: "
+        "they group from further apart.")
     assess_pedestrian_groups: bool = Field(
-        False, description="Also send groups without any vehicle (people walking together) to the LLM; off: "
+        default=False, description="Also send groups without any vehicle (people walking together) to the LLM; off: "
         "they are shown, and counted as calls saved.")
-    min_group_size: int = Field(2, ge=1, le=50, description="Objects needed to form a traffic group.")
+    min_group_size: int = Field(default=2, ge=1, le=50, description="Objects needed to form a traffic group.")
     reassess_interval: float = Field(
-        30.0, gt=0, description="A group whose members and features stay the same is assessed again after this "
+        default=30.0, gt=0, description="A group whose members and features stay the same is assessed again after this "
         "many seconds (it is assessed at once when it appears, when its members change or when it worsens).")
     assess_min_interval: float = Field(
-        2.0, ge=0, description="Seconds between two assessments of one group, whatever changes (debounces "
+        default=2.0, ge=0, description="Seconds between two assessments of one group, whatever changes (debounces "
         "tracks that flicker); a new group is assessed at once.")
     assess_worsen_ratio: float = Field(
-        0.3, gt=0, lt=1, description="A group is assessed again when a gap or its time-to-contact shrinks by "
+        default=0.3, gt=0, lt=1, description="A group is assessed again when a gap or its time-to-contact shrinks by "
         "this fraction since its last assessment.")
     assess_ttc_horizon: float = Field(
-        5.0, gt=0, le=120, description="A group whose time-to-contact falls under this many seconds counts as "
+        default=5.0, gt=0, le=120, description="A group whose time-to-contact falls under this many seconds counts as "
         "worse (assessed again).")
     motion_window: float = Field(
-        1.0, gt=0, le=10, description="Seconds of track history over which approach speed is measured.")
-    image_ttl: int = Field(600, ge=10, description="Seconds a group crop stays in Redis (tc:img:<id>).")
-    snapshot_ttl: int = Field(7 * 86400, ge=60, description="Seconds an alert keeps its crop as a snapshot "
+        default=1.0, gt=0, le=10, description="Seconds of track history over which approach speed is measured.")
+    image_ttl: int = Field(default=600, ge=10, description="Seconds a group crop stays in Redis (tc:img:<id>).")
+    snapshot_ttl: int = Field(default=7 * 86400, ge=60, description="Seconds an alert keeps its crop as a snapshot "
                               "(tc:snap:<task id>; about 10-30 KB each, at most 1000 alerts per camera).")
-    ws_frame_rate: float = Field(5.0, ge=0, le=60, description="Most frames per second one WebSocket client gets "
-                                 "per camera (the newest one waits for its turn; 0: no limit).")
-    frame_jpeg_quality: int = Field(70, ge=10, le=100, description="JPEG quality of frames sent to viewers.")
-    media_dir: Path = Field(DEFAULT_MEDIA_DIR, description="Folder of the sample video and other local media: "
+    ws_frame_rate: float = Field(default=5.0, ge=0, le=60, description="Most frames per second one WebSocket client "
+                                 "gets per camera (the newest one waits for its turn; 0: no limit).")
+    frame_jpeg_quality: int = Field(default=70, ge=10, le=100, description="JPEG quality of frames sent to viewers.")
+    media_dir: Path = Field(default=DEFAULT_MEDIA_DIR, description="Folder of the sample video and other local media: "
                             "the only folder whose files a camera may read (other paths are refused).")
-    loop_files: bool = Field(True, description="Restart a file source at its end (demo).")
+    loop_files: bool = Field(default=True, description="Restart a file source at its end (demo).")
     file_pace: Literal["realtime", "fast"] = Field(
-        "realtime", description="A file plays at its own frame rate, or as fast as frames are analysed (every "
+        default="realtime", description="A file plays at its own frame rate, or as fast as frames are analysed (every "
         "frame, none skipped: for benchmarks and replays).")
-    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport (FFmpeg's rtsp_transport).")
-    source_open_timeout: float = Field(5.0, gt=0, le=300, description="Seconds to open a stream (OpenCV opens "
+    rtsp_transport: Literal["tcp", "udp"] = Field(default="tcp",
+                                                  description="RTSP transport (FFmpeg's rtsp_transport).")
+    source_open_timeout: float = Field(default=5.0, gt=0, le=300, description="Seconds to open a stream (OpenCV opens "
                                        "one FFmpeg source at a time per process: a camera that hangs while "
                                        "opening delays the others' reconnects by up to this).")
-    source_read_timeout: float = Field(10.0, gt=0, le=300, description="Seconds without a frame before a "
+    source_read_timeout: float = Field(default=10.0, gt=0, le=300, description="Seconds without a frame before a "
                                        "stream counts as lost (a stall that does not close the connection).")
-    reconnect_initial: float = Field(1.0, gt=0, le=600, description="First delay before reconnecting a lost "
+    reconnect_initial: float = Field(default=1.0, gt=0, le=600, description="First delay before reconnecting a lost "
                                      "stream, seconds; doubles on each failure, with jitter.")
-    reconnect_max: float = Field(30.0, gt=0, le=3600, description="Longest delay between reconnect attempts; "
+    reconnect_max: float = Field(default=30.0, gt=0, le=3600, description="Longest delay between reconnect attempts; "
                                  "once reached the camera is reported offline (and still retried).")
-    probe_timeout: float = Field(10.0, gt=0, le=120, description="Seconds check_camera waits for a frame.")
-    capture_in_web: bool = Field(True, description="The web process runs capture loops (one node among the "
-                                 "capture nodes); false: only `python -m workers.capture` nodes do.")
-    capture_lease_ttl: float = Field(5.0, gt=0.5, le=300, description="Seconds a capture node holds a camera "
+    probe_timeout: float = Field(default=10.0, gt=0, le=120, description="Seconds check_camera waits for a frame.")
+    capture_in_web: bool = Field(default=True, description="The web process runs capture loops (one node among the "
+                                 "capture nodes); false: only `traffic-celery capture` nodes do.")
+    capture_lease_ttl: float = Field(default=5.0, gt=0.5, le=300, description="Seconds a capture node holds a camera "
                                      "without renewing it; a dead node's cameras restart elsewhere after this.")
-    capture_heartbeat: float = Field(1.0, gt=0.05, le=60, description="Seconds between a node's lease renewals "
+    capture_heartbeat: float = Field(default=1.0, gt=0.05, le=60, description="Seconds between a node's lease renewals "
                                      "and registry checks; keep it well under capture_lease_ttl.")
-    capture_max_cameras: int = Field(16, ge=1, le=1000, description="Cameras one capture node runs at most.")
+    capture_max_cameras: int = Field(default=16, ge=1, le=1000, description="Cameras one capture node runs at most.")
 
     # --- LLM ------------------------------------------------------------------------------------------------
-    llm_keys_file: Optional[Path] = Field(None, description="YAML file of API keys (see config/keys.example.yaml).")
-    llm_api_keys: Optional[str] = Field(
-        None, description="Env form of the keys: 'id=secret,id2=secret2' (or bare secrets, named key-1...).")
-    llm_base_url: str = Field("http://127.0.0.1:8808/v1", description="OpenAI-compatible base URL.")
-    llm_model: str = Field("qwen-vl-plus", description="Vision model name.")
-    llm_timeout: float = Field(30.0, gt=0, le=600, description="Seconds for one chat-completions call.")
-    llm_max_retries: int = Field(5, ge=0, le=50, description="Retries of one assessment after provider failures "
-                                 "(5xx, timeouts, bad replies) before it goes to the dead-letter store.")
+    llm_keys_file: Path | None = Field(default=None,
+                                       description="YAML file of API keys (see config/keys.example.yaml).")
+    llm_api_keys: str | None = Field(
+        default=None, description="Env form of the keys: 'id=secret,id2=secret2' (or bare secrets, named key-1...).")
+    llm_base_url: str = Field(default="http://127.0.0.1:8808/v1", description="OpenAI-compatible base URL.")
+    llm_model: str = Field(default="qwen-vl-plus", description="Vision model name.")
+    llm_timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds for one chat-completions call.")
+    llm_max_retries: int = Field(default=5, ge=0, le=50, description="Retries of one assessment after provider "
+                                 "failures (5xx, timeouts, bad replies) before it goes to the dead-letter store.")
     router: Literal["least_loaded", "round_robin", "weighted"] = Field(
-        "least_loaded", description="How a task's API key (queue llm.<key_id>) is chosen.")
-    limit_margin: float = Field(0.015, ge=0, le=1, description="Calls are spaced this fraction wider than the "
+        default="least_loaded", description="How a task's API key (queue llm.<key_id>) is chosen.")
+    limit_margin: float = Field(default=0.015, ge=0, le=1, description="Calls are spaced this fraction wider than the "
                                 "key's limit, for network jitter between a send and the provider's clock "
                                 "(0.015: 98.5% of the limit at most).")
-    limit_tolerance: float = Field(0.005, ge=0, le=1, description="Seconds a call may come early after a late one "
-                                   "(GCRA tolerance): recovers a worker's wake-up lateness; keep it under the "
+    limit_tolerance: float = Field(default=0.005, ge=0, le=1, description="Seconds a call may come early after a "
+                                   "late one (GCRA tolerance): recovers a worker's wake-up lateness; keep it under the "
                                    "margin's seconds (margin x 1 s) so the provider never counts one call too many.")
-    limit_max_wait: float = Field(0.25, ge=0, le=30, description="A worker waits at most this long for its key's "
-                                  "next slot; beyond it the task moves to a less loaded key or comes back later.")
-    cooldown_first: float = Field(10.0, gt=0, description="First cooldown of a key after a 429 without "
+    limit_max_wait: float = Field(default=0.25, ge=0, le=30, description="A worker waits at most this long for its "
+                                  "key's next slot; beyond it the task moves to a less loaded key or comes back later.")
+    cooldown_first: float = Field(default=10.0, gt=0, description="First cooldown of a key after a 429 without "
                                   "Retry-After, seconds; doubles on each further 429.")
-    cooldown_max: float = Field(120.0, gt=0, description="Longest cooldown, seconds.")
-    lease_ttl: Optional[float] = Field(None, gt=0, description="Seconds an in-flight call holds its key's slot "
+    cooldown_max: float = Field(default=120.0, gt=0, description="Longest cooldown, seconds.")
+    lease_ttl: float | None = Field(default=None, gt=0, description="Seconds an in-flight call holds its key's slot "
                                        "when its worker dies mid-call; default TC_LLM_TIMEOUT + 10.")
-    max_reroutes: int = Field(20, ge=1, description="Moves of one task between keys before it is dead-lettered.")
+    max_reroutes: int = Field(default=20, ge=1,
+                              description="Moves of one task between keys before it is dead-lettered.")
 
     # --- Processes ------------------------------------------------------------------------------------------
-    web_host: str = Field("127.0.0.1", description="Address the web tier binds (without TC_API_TOKEN, loopback "
+    web_host: str = Field(default="127.0.0.1", description="Address the web tier binds (without TC_API_TOKEN, loopback "
                           "only: another address is replaced by 127.0.0.1, with a warning).")
-    api_token: Optional[SecretStr] = Field(None, min_length=16, description="Token for REST (Authorization: "
-                                           "Bearer), /metrics and the WebSocket (?token=); unset: no auth, "
-                                           "loopback only.")
-    web_port: int = Field(8000, ge=0, le=65535)
-    web_workers: int = Field(2, ge=1, le=64, description="gunicorn worker processes (web/gunicorn_conf.py).")
-    web_threads: int = Field(64, ge=4, le=1000, description="Threads per gunicorn worker: each open WebSocket "
+    api_token: SecretStr | None = Field(default=None, min_length=16, description="Token for REST, /metrics and the "
+                                           "WebSocket (Authorization: Bearer, or the session cookie of "
+                                           "POST /api/login); unset: no auth, loopback only.")
+    web_port: int = Field(default=8000, ge=0, le=65535)
+    web_workers: int = Field(default=2, ge=1, le=64, description="gunicorn worker processes (web/gunicorn_conf.py).")
+    web_threads: int = Field(default=64, ge=4, le=1000, description="Threads per gunicorn worker: each open WebSocket "
                              "holds one.")
-    provider_host: str = Field("127.0.0.1", description="Address the fake LLM provider binds.")
-    provider_port: int = Field(8808, ge=0, le=65535)
-    provider_latency: float = Field(0.3, ge=0, le=60, description="Fake provider: seconds per reply.")
-    worker_concurrency: int = Field(4, ge=1, le=256, description="Celery worker processes.")
-    flower_port: int = Field(5555, ge=0, le=65535)
-    flower_host: str = Field("127.0.0.1", description="Address Flower binds (loopback only without basic auth).")
-    flower_basic_auth: Optional[SecretStr] = Field(None, description="Flower's basic auth, "
+    provider_host: str = Field(default="127.0.0.1", description="Address the fake LLM provider binds.")
+    provider_port: int = Field(default=8808, ge=0, le=65535)
+    provider_latency: float = Field(default=0.3, ge=0, le=60, description="Fake provider: seconds per reply.")
+    worker_concurrency: int = Field(default=4, ge=1, le=256, description="Celery worker processes.")
+    flower_port: int = Field(default=5555, ge=0, le=65535)
+    flower_host: str = Field(default="127.0.0.1",
+                             description="Address Flower binds (loopback only without basic auth).")
+    flower_basic_auth: SecretStr | None = Field(default=None, description="Flower's basic auth, "
                                                    "user:password[,user:password]")
-    metrics_dir: Optional[Path] = Field(
-        None, description="Folder where every process of this machine writes its Prometheus metrics "
+    metrics_dir: Path | None = Field(
+        default=None, description="Folder where every process of this machine writes its Prometheus metrics "
         "(prometheus-client multiprocess mode); the web tier's /metrics shows them all. Empty it before the "
         "processes start (the launcher does). Unset: a private folder per process tree (a worker and its "
         "prefork children), served on metrics_port.")
-    metrics_port: int = Field(0, ge=0, le=65535, description="Celery workers and capture nodes serve their "
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Celery workers and capture nodes serve their "
                               "own /metrics on this port (0: off; the web tier serves it on web_port).")
-    log_level: str = Field("INFO")
+    log_level: str = Field(default="INFO")
 
     @field_validator("flower_basic_auth")
     @classmethod
-    def _user_password_pairs(cls, value: Optional[SecretStr]) -> Optional[SecretStr]:
+    def _user_password_pairs(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not re.fullmatch(r"[^:,]+:[^,]+(,[^:,]+:[^,]+)*", value.get_secret_value()):
             raise ValueError("must be user:password, or several separated by commas")
         return value

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, cast
 
 import redis
 from pydantic import BaseModel
@@ -34,10 +34,10 @@ def store_image(r: redis.Redis, jpeg: bytes, ttl: int) -> str:
     return key
 
 
-def load_image(r: redis.Redis, key: str) -> Optional[bytes]:
+def load_image(r: redis.Redis, key: str) -> bytes | None:
     if not key.startswith("tc:img:"):
         raise ValueError(f"not an image key: {key!r}")
-    return r.get(key)
+    return cast("bytes | None", r.get(key))  # the project's clients return bytes (no decode_responses)
 
 
 # Atomic: a task's assessment is stored and published once, however often its callback is delivered.
@@ -67,11 +67,12 @@ def store_assessment(r: redis.Redis, assessment: Assessment, snapshot_ttl: int =
 
 
 def alert_history(r: redis.Redis, camera_id: str, limit: int = 20,
-                  before: Optional[str] = None) -> tuple[list[dict[str, Any]], Optional[str]]:
+                  before: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
     """A page of the camera's alerts, newest first, each with its stream id as `alertId`; and the `before`
     cursor of the next page (None at the end)."""
     end = f"({before}" if before else "+"
-    rows = r.xrevrange(names.alerts_key(camera_id), max=end, min="-", count=limit + 1)
+    rows = cast("list[tuple[bytes, dict[bytes, bytes]]]",
+                r.xrevrange(names.alerts_key(camera_id), max=end, min="-", count=limit + 1))
     items = []
     for stream_id, fields in rows[:limit]:
         item = json.loads(fields[b"assessment"])
@@ -80,12 +81,12 @@ def alert_history(r: redis.Redis, camera_id: str, limit: int = 20,
     return items, (items[-1]["alertId"] if len(rows) > limit else None)
 
 
-def snapshot(r: redis.Redis, camera_id: str, task_id: str) -> Optional[bytes]:
+def snapshot(r: redis.Redis, camera_id: str, task_id: str) -> bytes | None:
     """The crop kept with camera `camera_id`'s alert `task_id` (None if expired, or not that camera's alert)."""
-    return r.get(names.snapshot_key(camera_id, task_id))
+    return cast("bytes | None", r.get(names.snapshot_key(camera_id, task_id)))
 
 
-def latest_assessment(r: redis.Redis, camera_id: str) -> Optional[dict[str, Any]]:
+def latest_assessment(r: redis.Redis, camera_id: str) -> dict[str, Any] | None:
     raw = r.get(names.latest_key(camera_id))
     return json.loads(raw) if raw else None
 

@@ -11,12 +11,16 @@ from typing import Any, Optional
 from flask import Blueprint, jsonify
 from pydantic import BaseModel
 
+from .auth import COOKIE, OPEN_PATHS, Login
 from .cameras_api import CameraChange, CameraCreate
 
 bp = Blueprint("openapi", __name__)
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 CAMERA = {"$ref": "#/components/schemas/Camera"}
+SECURITY = {"bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <TC_API_TOKEN>"},
+            "session": {"type": "apiKey", "in": "cookie", "name": COOKIE,
+                        "description": "set by POST /api/login; refused from another origin"}}
 ID = [{"name": "camera_id", "in": "path", "required": True, "schema": {"type": "string",
                                                                       "pattern": "^[A-Za-z0-9_-]{1,64}$"}}]
 
@@ -39,6 +43,9 @@ ROUTES: list[tuple[str, str, str, Optional[type[BaseModel]], int, dict[str, Any]
     ("get", "/api/cameras/{camera_id}/alerts/{task_id}/snapshot.jpg", "an alert's crop (image/jpeg)", None, 200,
      {}),
     ("get", "/api/openapi.json", "this description", None, 200, {}),
+    ("post", "/api/login", "exchange TC_API_TOKEN for the session cookie (204 + Set-Cookie tc_session; 401 if "
+     "wrong)", Login, 204, {}),
+    ("post", "/api/logout", "clear the session cookie", None, 204, {}),
 ]
 
 
@@ -54,6 +61,11 @@ def spec() -> dict[str, Any]:
             "400": {"description": "bad input", "content": {"application/json": {"schema": ERROR}}},
             "404": {"description": "unknown camera or route", "content": {"application/json": {"schema": ERROR}}},
             "503": {"description": "Redis unreachable", "content": {"application/json": {"schema": ERROR}}}}}
+        if path in OPEN_PATHS:
+            op["security"] = []
+        if path not in OPEN_PATHS or path == "/api/login":
+            op["responses"]["401"] = {"description": "with TC_API_TOKEN set: no or wrong token, or a token in the "
+                                      "URL", "content": {"application/json": {"schema": ERROR}}}
         if model is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
@@ -63,7 +75,9 @@ def spec() -> dict[str, Any]:
         "info": {"title": "traffic_celery", "version": "1", "description": "Cameras, alerts and keys. Live "
                  "events (detections, assessments, camera status) come over the WebSocket /ws (DESIGN.md)."},
         "paths": paths,
-        "components": {"schemas": {
+        "security": [{"bearer": []}, {"session": []}],  # with TC_API_TOKEN set
+        "components": {"securitySchemes": SECURITY, "schemas": {
+            "Login": Login.model_json_schema(),
             "CameraCreate": CameraCreate.model_json_schema(), "CameraChange": CameraChange.model_json_schema(),
             "Error": {"type": "object", "required": ["error"], "properties": {
                 "error": {"type": "string"}, "field": {"type": ["string", "null"]}}},

@@ -1,4 +1,5 @@
-"""Task counters from Celery's signals, in every process that has the app: published (`after_task_publish`:
+"""Task counters from Celery's signals, in every process that has the app: published (`after_task_publish`, connected by
+`traffic_celery.broker.config.count_publishes` in producers and workers alike:
 producers, retries and linked callbacks alike), started, succeeded, failed, retried, and run time, each by queue
 and task. Also the worker's side of :mod:`traffic_celery.telemetry.instruments`: multiprocess mode set up in the main
 process before the pool forks, its own `/metrics` on `TC_METRICS_PORT`, and a pool child's live gauges dropped
@@ -11,7 +12,6 @@ import time
 from typing import Any
 
 from celery.signals import (
-    after_task_publish,
     task_failure,
     task_postrun,
     task_prerun,
@@ -41,11 +41,6 @@ def _on_worker_init(**_kwargs: Any) -> None:
 @worker_process_shutdown.connect
 def _on_child_exit(pid: int, **_kwargs: Any) -> None:
     instruments.process_exited(pid)
-
-
-@after_task_publish.connect
-def _on_publish(sender: str = "", routing_key: str = "", **_kwargs: Any) -> None:
-    instruments.get().tasks_enqueued.labels(routing_key or "unknown", sender).inc()
 
 
 @task_prerun.connect

@@ -17,10 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import after_task_publish
 
 from traffic_celery import names
 from traffic_celery.broker import redis_transport
 from traffic_celery.settings import Settings
+from traffic_celery.telemetry import instruments
 
 
 def config_for(settings: Settings) -> dict[str, Any]:
@@ -68,9 +70,20 @@ def config_for(settings: Settings) -> dict[str, Any]:
     return config
 
 
+def _count_publish(sender: str = "", routing_key: str = "", **_kwargs: Any) -> None:
+    instruments.get().tasks_enqueued.labels(routing_key or "unknown", sender).inc()
+
+
+def count_publishes() -> None:
+    """Count every task this process publishes (first sends, retries, linked callbacks) in
+    `tc_tasks_enqueued_total{queue, task}`, from Celery's `after_task_publish` signal (connected once)."""
+    after_task_publish.connect(_count_publish, weak=False, dispatch_uid="traffic_celery.count_publishes")
+
+
 def producer_app(settings: Settings) -> Celery:
     """A Celery app that only sends tasks (by name) with this configuration: the capture side, the web tier,
     tests and benchmarks. It is not the current app and imports no task module."""
+    count_publishes()
     app = Celery("traffic_celery", set_as_current=False)
     app.conf.update(config_for(settings))
     return app

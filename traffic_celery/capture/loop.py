@@ -22,17 +22,27 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
 import redis
 from kombu.exceptions import OperationalError
+from numpy.typing import NDArray
 
 from traffic_celery import names, store
 from traffic_celery.capture.sources import FrameSource, SourceOptions
-from traffic_celery.protocol import (CameraState, ErrorCode, ErrorEvent, EventType, GroupFacts, Job, StreamStopped,
-                                     encode)
+from traffic_celery.protocol import (
+    CameraState,
+    ErrorCode,
+    ErrorEvent,
+    EventType,
+    GroupFacts,
+    Job,
+    StreamStopped,
+    encode,
+)
 from traffic_celery.registry import CameraConfig
 from traffic_celery.settings import Settings
 from traffic_celery.telemetry import instruments
@@ -49,14 +59,14 @@ Enqueue = Callable[[Job], str]  # job -> task id
 Report = Callable[[CameraState, str], None]  # (state, message)
 
 
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+def encode_jpeg(image: NDArray[np.uint8], quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", image, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
 
 
-def crop(frame: np.ndarray, bbox: tuple[float, float, float, float], pad: float = 0.1) -> np.ndarray:
+def crop(frame: NDArray[np.uint8], bbox: tuple[float, float, float, float], pad: float = 0.1) -> NDArray[np.uint8]:
     """The group's box with a margin of `pad` times its size, clipped to the frame."""
     h, w = frame.shape[:2]
     x1, y1, x2, y2 = bbox
@@ -70,8 +80,8 @@ class CaptureLoop:
     process, for example the model: the node may try again) saying why."""
 
     def __init__(self, config: CameraConfig, settings: Settings, r: redis.Redis,
-                 detector: Callable[[], Detector], enqueue: Enqueue, report: Optional[Report] = None,
-                 on_online: Optional[Callable[[], None]] = None):
+                 detector: Callable[[], Detector], enqueue: Enqueue, report: Report | None = None,
+                 on_online: Callable[[], None] | None = None):
         self.config = config
         self.camera_id = config.camera_id
         self.url = config.url
@@ -83,21 +93,21 @@ class CaptureLoop:
         self._on_online = on_online or (lambda: None)
         self._stop = threading.Event()
         self.done = threading.Event()
-        self.ended: Optional[str] = None
-        self.failed: Optional[str] = None
+        self.ended: str | None = None
+        self.failed: str | None = None
         self.log = logger.getChild(f"camera.{self.camera_id}")
         self.frames_analysed = 0
         self.tasks_enqueued = 0
-        self.first_frame_done: Optional[float] = None  # monotonic times the first and last analyses ended
-        self.last_frame_done: Optional[float] = None
-        self.source: Optional[FrameSource] = None
-        self._tracker: Optional[Tracker] = None  # made in the loop's thread (imports ultralytics)
+        self.first_frame_done: float | None = None  # monotonic times the first and last analyses ended
+        self.last_frame_done: float | None = None
+        self.source: FrameSource | None = None
+        self._tracker: Tracker | None = None  # made in the loop's thread (imports ultralytics)
         self._group_ids = GroupIds()
         self._motion = Motion(settings.motion_window)
         self.scheduler = AssessmentScheduler.from_settings(settings)
         self._thread = threading.Thread(target=self._run, name=f"capture-{self.camera_id}", daemon=True)
 
-    def start(self) -> "CaptureLoop":
+    def start(self) -> CaptureLoop:
         self._thread.start()
         return self
 
@@ -123,7 +133,7 @@ class CaptureLoop:
         self._report(state, message)
 
     def _run(self) -> None:
-        source: Optional[FrameSource] = None
+        source: FrameSource | None = None
         try:
             options = SourceOptions.from_settings(self._settings, retry_unopened=self.config.verified)
             reconnects = instruments.get().camera_reconnects.labels(self.camera_id)
@@ -138,7 +148,7 @@ class CaptureLoop:
             # a file replayed as fast as possible keeps its own timeline, so the scheduler and the motion
             # features see the file's seconds, not how fast this machine analyses it
             replay_start = time.time() if source.fast else None
-            redis_down_since: Optional[float] = None
+            redis_down_since: float | None = None
             while not self._stop.is_set():
                 frame, seq_now = source.newest(seq, timeout=max(interval * 4, 1.0))
                 if frame is None:
@@ -192,7 +202,7 @@ class CaptureLoop:
         except redis.RedisError:
             self.log.exception("cannot report the failure of camera %s", self.camera_id)
 
-    def analyse(self, frame: np.ndarray, detector: Detector, ts: Optional[float] = None) -> FrameAnalysis:
+    def analyse(self, frame: NDArray[np.uint8], detector: Detector, ts: float | None = None) -> FrameAnalysis:
         """Detect, track, group, publish and enqueue the due groups, for one frame taken at `ts` (now)."""
         started = time.monotonic()
         ts = time.time() if ts is None else ts
@@ -233,7 +243,7 @@ class CaptureLoop:
         if groups:
             metrics.groups.labels(self.camera_id).inc(groups)
 
-    def _enqueue_group(self, frame: np.ndarray, group: TrafficGroup, ts: float, reason: str) -> None:
+    def _enqueue_group(self, frame: NDArray[np.uint8], group: TrafficGroup, ts: float, reason: str) -> None:
         image_key = store.store_image(self._redis, encode_jpeg(crop(frame, group.bbox), 85),
                                         self._settings.image_ttl)
         self._enqueue(Job(cameraId=self.camera_id, groupId=group.group_id, groupIndex=group.group_index,

@@ -26,7 +26,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -54,7 +55,7 @@ def make_node_id() -> str:
 
 class CaptureNode:
     def __init__(self, settings: Settings, r: redis.Redis, detector: Callable[[], Detector], enqueue: Enqueue,
-                 node_id: Optional[str] = None):
+                 node_id: str | None = None):
         self._settings, self._redis, self._detector, self._enqueue = settings, r, detector, enqueue
         self.node_id = node_id or make_node_id()
         self.registry = CameraRegistry(r)
@@ -67,7 +68,7 @@ class CaptureNode:
                          threading.Thread(target=self._listen, name="capture-node-control", daemon=True)]
         self._redis_down_logged = False
 
-    def start(self) -> "CaptureNode":
+    def start(self) -> CaptureNode:
         configure_ffmpeg(self._settings.rtsp_transport)
         for thread in self._threads:
             thread.start()
@@ -190,7 +191,7 @@ class CaptureNode:
         logger.info("capture node %s stopped %d capture loops", self.node_id, len(loops))
 
 
-def build_capture_node(settings: Settings, r: redis.Redis, router: Optional[Router] = None) -> CaptureNode:
+def build_capture_node(settings: Settings, r: redis.Redis, router: Router | None = None) -> CaptureNode:
     """The capture node of the web tier and of `traffic-celery capture` alike: its loops detect with the process's
     shared model (loaded on first use) and enqueue through the router on a producer Celery app. Nothing starts
     until :meth:`CaptureNode.start`."""

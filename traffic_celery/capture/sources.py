@@ -33,12 +33,13 @@ from urllib.parse import unquote, urlparse
 import cv2
 import numpy as np
 
+from traffic_celery.protocol import CameraState
 from traffic_celery.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ONLINE, RECONNECTING, OFFLINE = "online", "reconnecting", "offline"
-StateCallback = Callable[[str, str], None]  # (state, message)
+ONLINE, RECONNECTING, OFFLINE = CameraState.ONLINE, CameraState.RECONNECTING, CameraState.OFFLINE
+StateCallback = Callable[[CameraState, str], None]  # (state, message)
 
 
 class SourceError(RuntimeError):
@@ -63,10 +64,21 @@ def check_url(url: str, media_dir: Path) -> str:
     """The camera URL to store, if a camera may be opened from it; :class:`UrlRefused` otherwise.
 
     Accepted: `rtsp(s)://` and `http(s)://` URLs with a host, a webcam index (`0`-`63`), and local files inside
-    `media_dir` (`TC_MEDIA_DIR`), given as a path relative to it, an absolute path or a `file://` URL, stored
-    resolved. Anything else (other schemes such as `ftp:` or `data:`, options smuggled in as FFmpeg protocols,
-    files elsewhere on the machine) is refused, so the camera API cannot read arbitrary files or reach
-    arbitrary protocols.
+    `media_dir` (`TC_MEDIA_DIR`), stored resolved (symlinks followed), however the path is written: absolute,
+    relative to the media folder, or relative to this process's current working directory (`.media/vtest.avi`
+    typed from the repository root), plain or as a `file://` URL. Anything else (other schemes such as `ftp:` or
+    `data:`, options smuggled in as FFmpeg protocols, files elsewhere on the machine, `../` escapes, symlinks
+    in the media folder that resolve outside it) is refused, so the camera API cannot read arbitrary files or
+    reach arbitrary protocols.
+
+    A relative path has two readings: relative to the media folder (first) and relative to the working directory
+    (second). Precedence: among the readings that exist (or all of them, if none exists), the first that
+    resolves inside the media folder is stored; if none does, the URL is refused. So a name that exists in the
+    media folder always means that file, wherever the process runs; `.media/vtest.avi` from the repository root
+    means `<repo>/.media/vtest.avi` (it exists) rather than `.media/.media/vtest.avi` (it does not); a path that
+    exists only outside the media folder (say through a symlink) is refused rather than read as a missing file
+    in it; and a path that exists nowhere is stored as the media-folder reading and fails when the camera opens
+    it, with "does not exist".
     """
     url = url.strip()
     accepted = (f"use rtsp://, rtsps://, http(s)://, a webcam index 0-{MAX_WEBCAM_INDEX}, or a file in "
@@ -90,10 +102,36 @@ def check_url(url: str, media_dir: Path) -> str:
         raise UrlRefused(f"unsupported camera URL scheme {parsed.scheme!r}; {accepted}")
     raw = Path(unquote(parsed.path) if parsed.scheme == "file" else url).expanduser()
     media = media_dir.resolve()
-    path = (raw if raw.is_absolute() else media / raw).resolve()
-    if not path.is_relative_to(media):
+    readings = [media / raw] if raw.is_absolute() else [media / raw, *_cwd_reading(raw)]
+    resolved = [path for path in map(_resolved, readings) if path is not None]
+    existing = [path for path in resolved if _exists(path)]
+    chosen = next((path for path in existing or resolved if path.is_relative_to(media)), None)
+    if chosen is None:
         raise UrlRefused(f"the file {url} is outside the media folder {media}: copy it there or set TC_MEDIA_DIR")
-    return str(path)
+    return str(chosen)
+
+
+def _resolved(path: Path) -> Path | None:
+    """`path` with its symlinks followed; None for a symlink loop (refused like a file outside the media)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # not allowed to look: as good as missing
+        return False
+
+
+def _cwd_reading(raw: Path) -> list[Path]:
+    """`raw` relative to the current working directory, if there is one (it may have been removed)."""
+    try:
+        return [Path.cwd() / raw]
+    except OSError:
+        return []
 
 
 def configure_ffmpeg(rtsp_transport: str) -> None:
@@ -202,7 +240,7 @@ class FrameSource:
         self._thread.start()
         return self
 
-    def _set_state(self, state: str, message: str) -> None:
+    def _set_state(self, state: CameraState, message: str) -> None:
         try:
             self._on_state(state, message)
         except Exception:  # reporting must never kill the reader

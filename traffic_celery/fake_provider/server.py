@@ -2,10 +2,12 @@
 
 Faithful where it matters to the system: Bearer auth against a set of keys (401 otherwise), strict per-key QPS
 and RPM limits (sliding windows of 1 s and 60 s over the requests it accepted) answered with 429 and
-`Retry-After`, a latency distribution, injectable faults (500s, malformed JSON, a revoked key answering 401), OpenAI-shaped errors for what the real API rejects
-(malformed JSON, no model or messages, unknown model, no image, a broken data URI, an oversized body), and a
+`Retry-After`, a latency distribution, injectable faults (500s, malformed JSON, a revoked key answering 401),
+OpenAI-shaped errors for what the real API rejects (malformed JSON, no model or messages, unknown model, no image,
+a broken data URI, an oversized body), and a
 reply in the schema of DESIGN.md computed deterministically from the FACTS line of the prompt, so tests can
-predict it. `GET /stats` gives the counts (requests, 200s, 429s, the most requests seen in one sliding second
+predict it (with `bare_none`, a "none" verdict comes as the bare "no danger" answer with empty `results`, as some
+models give it). `GET /stats` gives the counts (requests, 200s, 429s, the most requests seen in one sliding second
 and minute, per key id), `GET /log` every admitted/refused request (time, key id, status); keys are never shown
 in full.
 """
@@ -27,10 +29,11 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any, cast
 
 from traffic_celery.llm.keys import mask
 from traffic_celery.llm.schema import FACTS_RE, RISK_ORDER, GroupResult, LLMReply
+from traffic_celery.protocol import RiskLevel
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF")
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, code: str, err_type: str = "invalid_request_error",
-                 headers: Optional[dict[str, str]] = None):
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.code, self.err_type = status, message, code, err_type
         self.headers = headers or {}
@@ -56,8 +59,8 @@ class KeyState:
     qps: float
     rpm: float = float("inf")
     revoked: bool = False  # answers 401, like a key revoked at the provider
-    second: deque = field(default_factory=deque)  # monotonic times of accepted requests, last second
-    minute: deque = field(default_factory=deque)  # ... last minute
+    second: deque[float] = field(default_factory=deque)  # monotonic times of accepted requests, last second
+    minute: deque[float] = field(default_factory=deque)  # ... last minute
     requests: int = 0
     ok: int = 0
     rate_limited: int = 0
@@ -79,7 +82,7 @@ class Faults:
     hang_rate: float = 0.0  # accept the request and never answer (until the client gives up)
     latency: float = 0.3  # seconds, the least a reply takes
     latency_jitter: float = 0.0  # plus uniform [0, jitter)
-    seed: Optional[int] = None
+    seed: int | None = None
     retry_after: bool = True  # send Retry-After with a 429 (some providers do not)
 
 
@@ -87,9 +90,12 @@ class ProviderState:
     """Keys, limits, faults and counters, shared by the server's threads under one lock."""
 
     def __init__(self, keys: dict[str, tuple[str, float]], latency: float = 0.3,
-                 models: tuple[str, ...] = DEFAULT_MODELS, rpm: Optional[dict[str, float]] = None,
-                 revoked: tuple[str, ...] = (), faults: Optional[Faults] = None):
-        """`keys`: secret -> (key id, QPS limit); `rpm`: key id -> RPM limit; `revoked`: key ids answering 401."""
+                 models: tuple[str, ...] = DEFAULT_MODELS, rpm: dict[str, float] | None = None,
+                 revoked: tuple[str, ...] = (), faults: Faults | None = None, bare_none: bool = False):
+        """`keys`: secret -> (key id, QPS limit); `rpm`: key id -> RPM limit; `revoked`: key ids answering 401;
+        `bare_none`: answer a "none" verdict as `{"hasDangerousDriving": false, "maxRiskLevel": "none",
+        "results": []}`."""
+        self.bare_none = bare_none
         rpm = rpm or {}
         self._keys = {secret: KeyState(key_id, qps, rpm.get(key_id, float("inf")), key_id in revoked)
                       for secret, (key_id, qps) in keys.items()}
@@ -97,13 +103,14 @@ class ProviderState:
         self.models = models
         self.lock = threading.Lock()
         self._rng = random.Random(self.faults.seed)
-        self.log: deque = deque(maxlen=100_000)  # (wall time, key id, status) of every authenticated request
+        # (wall time, key id, status) of every authenticated request
+        self.log: deque[tuple[float, str, int]] = deque(maxlen=100_000)
 
     @property
     def latency(self) -> float:
         return self.faults.latency
 
-    def admit(self, secret: str, now: Optional[float] = None) -> KeyState:
+    def admit(self, secret: str, now: float | None = None) -> KeyState:
         """Count a request for the key; raise 401 for an unknown or revoked key, 429 when its QPS or RPM is
         spent (only accepted requests count toward the limits, as with real providers)."""
         state = self._keys.get(secret)
@@ -137,7 +144,7 @@ class ProviderState:
             state.max_in_minute = max(state.max_in_minute, len(state.minute))
         return state
 
-    def draw(self) -> tuple[float, Optional[str]]:
+    def draw(self) -> tuple[float, str | None]:
         """This request's latency and injected fault (None, "error", "malformed", "wrong_schema" or "hang")."""
         f = self.faults
         with self.lock:
@@ -151,7 +158,7 @@ class ProviderState:
                 return (HANG_SECONDS if fault == "hang" else latency), fault
         return latency, None
 
-    def finished(self, state: KeyState, fault: Optional[str]) -> None:
+    def finished(self, state: KeyState, fault: str | None) -> None:
         with self.lock:
             if fault:
                 state.faults += 1
@@ -238,6 +245,7 @@ def assess_from_facts(text: str) -> LLMReply:
     counts = facts.get("classCounts", {})
     pv, gap = facts.get("pedestrianVehicleGap"), float(facts.get("minGap", 99))
     vehicles = sum(n for c, n in counts.items() if c != "person")
+    level: RiskLevel
     if pv is not None and pv < 0.25:
         level, types, text_ = "high", ["pedestrian_vehicle_conflict"], "A pedestrian is right next to a vehicle."
     elif pv is not None and pv < 0.75:
@@ -256,14 +264,26 @@ def assess_from_facts(text: str) -> LLMReply:
                     results=[result])
 
 
+NO_DANGER_ANSWER = {"hasDangerousDriving": False, "maxRiskLevel": "none", "results": []}
+
+
+def answer(text: str, bare_none: bool = False) -> str:
+    """The reply text: :func:`assess_from_facts` as JSON; with `bare_none`, a "none" verdict as the bare
+    "no danger" answer (written as a model writes it, not through the parser's model)."""
+    reply = assess_from_facts(text)
+    if bare_none and reply.maxRiskLevel == "none":
+        return json.dumps(NO_DANGER_ANSWER)
+    return reply.model_dump_json()
+
+
 class Handler(BaseHTTPRequestHandler):
-    server: "ProviderServer"
+    server: ProviderServer
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt: str, *args: Any) -> None:  # route http.server's access log to logging
         logger.debug("%s " + fmt, self.address_string(), *args)
 
-    def _send(self, status: int, doc: dict[str, Any], headers: Optional[dict[str, str]] = None) -> None:
+    def _send(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         payload = json.dumps(doc).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -294,7 +314,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self._accepted: Optional[float] = self.server.accepted.pop(id(self.request), None)
+        self._accepted: float | None = self.server.accepted.pop(id(self.request), None)
 
     def handle_one_request(self) -> None:
         self.arrived = self._arrival()
@@ -312,6 +332,8 @@ class Handler(BaseHTTPRequestHandler):
         fallback, self._accepted = self._accepted or time.time(), None
         for level, kind, payload in ancillary if data else []:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec: int
+                nsec: int
                 sec, nsec = struct.unpack("qq", payload[:16])
                 return sec + nsec / 1e9
         return fallback
@@ -348,7 +370,7 @@ class Handler(BaseHTTPRequestHandler):
                 return
             reply = {"malformed": "I am sorry, I cannot assess this image.",
                      "wrong_schema": json.dumps({"risk": "maybe", "objects": [1, 2], "comment": "looks fine"}),
-                     }.get(fault or "") or assess_from_facts(text).model_dump_json()
+                     }.get(fault or "") or answer(text, state.bare_none)
             self._send(200, {
                 "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": model,
@@ -373,11 +395,11 @@ class ProviderServer(ThreadingHTTPServer):
             self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         super().server_bind()
 
-    def process_request(self, request, client_address) -> None:
+    def process_request(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
         self.accepted[id(request)] = time.time()
         super().process_request(request, client_address)
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = cast("tuple[str, int]", self.server_address[:2])  # an AF_INET server: (host, port)
         return f"http://{host}:{port}/v1"

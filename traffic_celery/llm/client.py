@@ -10,8 +10,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, cast
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -30,7 +31,7 @@ class LLMCallError(RuntimeError):
 
 
 class RateLimited(LLMCallError):
-    def __init__(self, message: str, retry_after: Optional[float]):
+    def __init__(self, message: str, retry_after: float | None):
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -100,10 +101,10 @@ def _session() -> requests.Session:
         session.mount("http://", _TimedAdapter())
         session.mount("https://", _TimedAdapter())
         _local.session = session
-    return _local.session
+    return cast(requests.Session, _local.session)  # threading.local attributes are untyped
 
 
-def _retry_after(resp: requests.Response) -> Optional[float]:
+def _retry_after(resp: requests.Response) -> float | None:
     try:
         return max(0.0, float(resp.headers.get("Retry-After", "")))
     except ValueError:
@@ -140,7 +141,7 @@ def chat_completion(key: ApiKey, base_url: str, model: str, messages: list[dict[
     return send(prepare(key, base_url, model, messages), timeout)
 
 
-def send(call: Call, timeout: float, on_sent: Optional[Callable[[float], None]] = None) -> Completion:
+def send(call: Call, timeout: float, on_sent: Callable[[float], None] | None = None) -> Completion:
     """Send a prepared call; `on_sent(t)` runs as soon as the request is on the wire, before the reply.
     Raises the typed failures above."""
     key, url, model = call.key, call.url, call.model

@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from celery import Celery
 from kombu.utils.encoding import safe_repr
 
 from traffic_celery import names
-from traffic_celery.protocol import Job
 from traffic_celery.llm.router import Router
+from traffic_celery.protocol import Job
 from traffic_celery.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ class SentEvents:
             try:
                 if self._dispatcher is None:
                     self._dispatcher = self._app.events.Dispatcher(self._app.connection_for_write(url=self._url))
+                args_repr = safe_repr(args)  # type: ignore[no-untyped-call]  # kombu is untyped
                 self._dispatcher.send("task-sent", uuid=task_id, root_id=task_id, parent_id=None, name=name,
-                                      args=safe_repr(args), kwargs="{}", retries=0, eta=None, expires=None,
+                                      args=args_repr, kwargs="{}", retries=0, eta=None, expires=None,
                                       queue=queue, exchange=queue, routing_key=queue)
             except Exception as exc:  # kombu raises transport-specific errors
                 logger.warning("cannot send the task-sent event of %s (Flower will show it from 'received'): %s",
@@ -58,7 +60,7 @@ class SentEvents:
             self._dispatcher = None
 
 
-def sent_events(app: Celery, settings: Settings) -> Optional[SentEvents]:
+def sent_events(app: Celery, settings: Settings) -> SentEvents | None:
     """`SentEvents` when events do not travel on the broker, else None (Celery sends `task-sent` itself)."""
     if settings.events_on_broker:
         return None
@@ -66,7 +68,7 @@ def sent_events(app: Celery, settings: Settings) -> Optional[SentEvents]:
 
 
 class Dispatcher:
-    def __init__(self, app: Celery, router: Router, events: Optional[SentEvents] = None):
+    def __init__(self, app: Celery, router: Router, events: SentEvents | None = None):
         self._app, self._router, self._events = app, router, events
 
     def __call__(self, job: Job | Mapping[str, Any]) -> str:

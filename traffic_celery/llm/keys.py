@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,12 +31,12 @@ class ApiKey(BaseModel):
 
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
     secret: str = Field(min_length=1, repr=False)
-    base_url: Optional[str] = None
-    model: Optional[str] = None
-    qps: float = Field(5.0, gt=0)
-    rpm: int = Field(300, gt=0)
-    max_in_flight: int = Field(4, gt=0)
-    weight: float = Field(1.0, gt=0)
+    base_url: str | None = None
+    model: str | None = None
+    qps: float = Field(default=5.0, gt=0)
+    rpm: int = Field(default=300, gt=0)
+    max_in_flight: int = Field(default=4, gt=0)
+    weight: float = Field(default=1.0, gt=0)
     enabled: bool = True
 
     @property
@@ -114,10 +114,10 @@ class KeyPool:
         self._by_id = {k.id: k for k in keys}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "KeyPool":
+    def from_settings(cls, settings: Settings) -> KeyPool:
         return cls(load_keys(settings))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ApiKey]:
         return iter(self._by_id.values())
 
     def __len__(self) -> int:

@@ -29,18 +29,20 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal
 
 import redis
 
 from traffic_celery.llm.keys import ApiKey
+from traffic_celery.protocol import KeyState
 from traffic_celery.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 ACQUIRE = """
 local tat_key, leases_key, cooldown_key, disabled_key, sent_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local interval, max_wait, max_in_flight, lease_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local interval, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max_in_flight, lease_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease_id, tolerance = ARGV[5], tonumber(ARGV[6])
 local window_limit, window = tonumber(ARGV[7]), tonumber(ARGV[8])
 local t = redis.call('TIME')
@@ -135,7 +137,7 @@ class KeyLimiter:
         always has its next call waiting for it."""
         return max(self.max_wait, 1.5 * self.interval(key))
 
-    def acquire(self, key: ApiKey, max_wait: Optional[float] = None) -> Grant:
+    def acquire(self, key: ApiKey, max_wait: float | None = None) -> Grant:
         p = prefix(key.id)
         lease = f"{self._owner}:{uuid.uuid4().hex[:12]}"
         state, wait, extra = self._acquire(
@@ -155,10 +157,13 @@ class KeyLimiter:
     def release(self, key: ApiKey, lease: str) -> None:
         self._release(keys=[prefix(key.id) + "leases"], args=[lease])
 
-    def blocked(self, key: ApiKey) -> Optional[str]:
+    def blocked(self, key: ApiKey) -> str | None:
         """"cooling" or "disabled" if the key must not be called now, else None (a check before each send)."""
         p = prefix(key.id)
-        disabled, cooling = self._redis.pipeline().exists(p + "disabled").exists(p + "cooldown").execute()
+        pipe = self._redis.pipeline()  # redis-py types pipelined commands as their results, not as chainable
+        pipe.exists(p + "disabled")
+        pipe.exists(p + "cooldown")
+        disabled, cooling = pipe.execute()
         return "disabled" if disabled else "cooling" if cooling else None
 
     # --- key state ------------------------------------------------------------------------------------------
@@ -188,7 +193,7 @@ class KeyLimiter:
     def enable(self, key: ApiKey) -> None:
         self._redis.delete(prefix(key.id) + "disabled", prefix(key.id) + "cooldown", prefix(key.id) + "backoff")
 
-    def state(self, key: ApiKey) -> dict[str, object]:
+    def state(self, key: ApiKey) -> KeyState:
         """What `/api/keys` and the metrics show of a key (never its secret)."""
         p = prefix(key.id)
         pipe = self._redis.pipeline()
@@ -198,7 +203,8 @@ class KeyLimiter:
         pipe.hgetall(p + "stats")
         disabled, cool_ms, in_flight, stats = pipe.execute()
         stats = {k.decode(): int(v) for k, v in stats.items()}
-        state = "disabled" if disabled else "cooling" if cool_ms > 0 else "ready" if key.enabled else "off"
+        state: Literal["ready", "cooling", "disabled", "off"] = (
+            "disabled" if disabled else "cooling" if cool_ms > 0 else "ready" if key.enabled else "off")
         return {"state": state, "disabledReason": disabled.decode() if disabled else None,
                 "cooldownLeft": round(max(cool_ms, 0) / 1000, 3), "inFlight": int(in_flight),
                 "calls": stats.get("calls", 0), "successes": stats.get("successes", 0),

@@ -15,8 +15,8 @@ cooldown ends first is chosen: its task waits on its queue instead of failing.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
 
 import redis
 
@@ -60,7 +60,7 @@ return out
 
 class Router:
     def __init__(self, r: redis.Redis, pool: KeyPool, limiter: KeyLimiter, strategy: str = "least_loaded",
-                 broker: Optional[redis.Redis] = None):
+                 broker: redis.Redis | None = None):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown router strategy {strategy!r}; use one of {STRATEGIES}")
         self._redis, self._pool, self.limiter, self.strategy = r, pool, limiter, strategy

@@ -3,6 +3,23 @@
 One schema (DESIGN.md) serves all three and the fake provider too, so the parser can never read a different shape
 from the one the prompt asked for (defect 4 of the old system). A reply that does not follow it is rejected with
 a :class:`ReplyError` naming the fault; it is never read as risk "none".
+
+The one reply read as "none" without a result is the explicit "no danger" answer
+`{"hasDangerousDriving": false, "maxRiskLevel": "none", "results": []}`: all three fields present and saying the
+same thing. :func:`parse_reply` turns it into :data:`NO_DANGER` for the group asked about (riskLevel "none",
+confidence 1.0 because the model stated it without hedging, no risk types, no trigger ids, description
+"no danger seen"), so a clear answer costs one call instead of retries and a dead letter.
+
+A reply that contradicts itself is rejected (:class:`ReplyError`, "contradicts itself"), exactly these cases:
+
+- `hasDangerousDriving` true while `maxRiskLevel` is "none" (danger claimed at no risk);
+- `results` empty while `maxRiskLevel` is not "none" or `hasDangerousDriving` is true (a risk with no group);
+- a result's `riskLevel` above `maxRiskLevel`, or `maxRiskLevel` above every result's `riskLevel`: `maxRiskLevel`
+  must be the highest `riskLevel` of the results.
+
+Accepted on purpose: `hasDangerousDriving` false with any `maxRiskLevel` (the schema does not say from which
+level a risk counts as dangerous *driving*, and only the group's `riskLevel` is used), and results for groups
+other than the one asked about, beside it.
 """
 
 from __future__ import annotations
@@ -10,7 +27,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -39,11 +56,38 @@ class LLMReply(BaseModel):
 
     hasDangerousDriving: bool
     maxRiskLevel: RiskLevel
-    results: list[GroupResult] = Field(min_length=1)
+    results: list[GroupResult]  # empty only in the "no danger" answer (see the module docstring)
 
 
 class ReplyError(ValueError):
     """The LLM's reply cannot be used; the message says why in one line."""
+
+
+NO_DANGER_CONFIDENCE = 1.0  # the "no danger" answer states no confidence; it is an unhedged statement
+NO_DANGER_DESCRIPTION = "no danger seen"
+
+
+def no_danger(group_index: int) -> GroupResult:
+    """What the "no danger" answer (`results: []`, `maxRiskLevel: "none"`) says about group `group_index`."""
+    return GroupResult(groupIndex=group_index, riskLevel="none", confidence=NO_DANGER_CONFIDENCE, riskTypes=[],
+                       description=NO_DANGER_DESCRIPTION, dangerObjectCount=0, triggerObjectIds=[])
+
+
+def contradiction(reply: LLMReply) -> str | None:
+    """Why `reply` contradicts itself (the cases listed in the module docstring), or None if it does not."""
+    if reply.hasDangerousDriving and reply.maxRiskLevel == "none":
+        return "hasDangerousDriving is true but maxRiskLevel is none"
+    if not reply.results:
+        if reply.maxRiskLevel != "none":
+            return f"maxRiskLevel is {reply.maxRiskLevel} but results is empty"
+        return None
+    highest = max(reply.results, key=lambda res: RISK_ORDER[res.riskLevel])
+    if RISK_ORDER[highest.riskLevel] > RISK_ORDER[reply.maxRiskLevel]:
+        return (f"groupIndex {highest.groupIndex} has riskLevel {highest.riskLevel}, above maxRiskLevel "
+                f"{reply.maxRiskLevel}")
+    if RISK_ORDER[highest.riskLevel] < RISK_ORDER[reply.maxRiskLevel]:
+        return f"maxRiskLevel is {reply.maxRiskLevel} but no result has a riskLevel above {highest.riskLevel}"
+    return None
 
 
 SCHEMA_TEXT = (
@@ -107,14 +151,22 @@ def extract_json(text: str) -> Any:
     raise ReplyError(f"LLM reply holds no JSON object: {text[:80]!r}")
 
 
-def parse_reply(text: str, group_index: Optional[int] = None) -> GroupResult:
-    """Validate the reply against the schema and return the result for `group_index` (or the only one)."""
+def parse_reply(text: str, group_index: int | None = None) -> GroupResult:
+    """Validate the reply against the schema and return the result for `group_index` (or the only one).
+
+    The "no danger" answer (empty `results`) gives :func:`no_danger` for `group_index` (0 if None); a reply that
+    contradicts itself raises :class:`ReplyError` (see the module docstring)."""
     obj = extract_json(text)
     try:
         reply = LLMReply.model_validate(obj)
     except ValidationError as exc:
         faults = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:4])
         raise ReplyError(f"LLM reply does not follow the schema ({faults})") from None
+    why = contradiction(reply)
+    if why is not None:
+        raise ReplyError(f"LLM reply contradicts itself ({why})")
+    if not reply.results:
+        return no_danger(0 if group_index is None else group_index)
     if group_index is not None:
         for result in reply.results:
             if result.groupIndex == group_index:

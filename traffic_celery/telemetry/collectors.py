@@ -7,10 +7,12 @@ Per-key figures live in Redis (the limiter's shared state), so every process see
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any, TypedDict, cast
 
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from traffic_celery import names
@@ -22,7 +24,7 @@ from traffic_celery.vision.scheduling import REASONS
 logger = logging.getLogger(__name__)
 
 
-def key_stats(pool: KeyPool, limiter: KeyLimiter, router: Router) -> list[dict[str, object]]:
+def key_stats(pool: KeyPool, limiter: KeyLimiter, router: Router) -> list[dict[str, Any]]:
     """What `/api/keys` shows: masked key, limits, state, in flight, counters, cooldown left, queue depth."""
     depths = {load.key.id: load.queued for load in router.loads(pool)}
     return [{"id": key.id, "key": key.masked, "enabled": key.enabled, "qps": key.qps, "rpm": key.rpm,
@@ -34,7 +36,7 @@ class KeyPoolCollector(Collector):
     def __init__(self, pool: KeyPool, limiter: KeyLimiter, router: Router):
         self._pool, self._limiter, self._router = pool, limiter, router
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         try:
             stats = key_stats(self._pool, self._limiter, self._router)
         except redis.RedisError as exc:
@@ -53,19 +55,27 @@ class KeyPoolCollector(Collector):
             labels = [str(s["id"])]
             for name, field in (("calls", "calls"), ("successes", "successes"), ("rate_limited", "rateLimited"),
                                 ("failures", "failures"), ("cooldowns", "cooldowns")):
-                counters[name].add_metric(labels, float(s[field]))  # type: ignore[arg-type]
-            gauges["in_flight"].add_metric(labels, float(s["inFlight"]))  # type: ignore[arg-type]
-            gauges["cooldown_seconds"].add_metric(labels, float(s["cooldownLeft"]))  # type: ignore[arg-type]
-            gauges["queue_depth"].add_metric(labels, float(s["queued"]))  # type: ignore[arg-type]
+                counters[name].add_metric(labels, float(s[field]))
+            gauges["in_flight"].add_metric(labels, float(s["inFlight"]))
+            gauges["cooldown_seconds"].add_metric(labels, float(s["cooldownLeft"]))
+            gauges["queue_depth"].add_metric(labels, float(s["queued"]))
             gauges["disabled"].add_metric(labels, 1.0 if s["state"] == "disabled" else 0.0)
-            gauges["limit_qps"].add_metric(labels, float(s["qps"]))  # type: ignore[arg-type]
+            gauges["limit_qps"].add_metric(labels, float(s["qps"]))
         yield from counters.values()
         yield from gauges.values()
 
 
-def assessment_stats(r: redis.Redis) -> dict[str, object]:
+class AssessmentStats(TypedDict):
+    """What `/api/assessments/stats` shows (a plain dict at run time)."""
+
+    calls: dict[str, int]
+    callsTotal: int
+    saved: int
+
+
+def assessment_stats(r: redis.Redis) -> AssessmentStats:
     """LLM calls the scheduler made (per reason) and saved, over all cameras and capture nodes."""
-    raw = {k.decode(): int(v) for k, v in r.hgetall(names.ASSESS_STATS).items()}
+    raw = {k.decode(): int(v) for k, v in cast("dict[bytes, bytes]", r.hgetall(names.ASSESS_STATS)).items()}
     calls = {reason: raw.get(f"calls:{reason}", 0) for reason in REASONS}
     return {"calls": calls, "callsTotal": sum(calls.values()), "saved": raw.get("saved", 0)}
 
@@ -76,7 +86,7 @@ class AssessmentCollector(Collector):
     def __init__(self, r: redis.Redis):
         self._redis = r
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         try:
             stats = assessment_stats(self._redis)
         except redis.RedisError as exc:
@@ -84,7 +94,7 @@ class AssessmentCollector(Collector):
             return
         calls = CounterMetricFamily("tc_assessment_calls", "groups sent to the LLM, by why they were due",
                                     labels=["reason"])
-        for reason, count in stats["calls"].items():  # type: ignore[union-attr]
+        for reason, count in stats["calls"].items():
             calls.add_metric([reason], float(count))
         yield calls
         yield CounterMetricFamily("tc_assessment_calls_saved", "groups of analysed frames not sent to the LLM "

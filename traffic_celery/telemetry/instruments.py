@@ -9,7 +9,8 @@ children), removed at exit.
 :func:`configure` must run before the first instrument is touched; the entry points call it first thing.
 :func:`get` then returns the instruments (made on first use, so they always land in the configured folder).
 Figures that live in Redis (per-key state, the scheduler's counts) are added at scrape time by the collectors of
-:mod:`traffic_celery.telemetry.collectors`. Labels are bounded: camera id, COCO class, queue, task, key id, model, risk level.
+:mod:`traffic_celery.telemetry.collectors`. Labels are bounded: camera id, COCO class, queue, task, key id, model,
+risk level.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 from prometheus_client import (
     CollectorRegistry,
@@ -38,7 +38,7 @@ from traffic_celery.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-_state: dict[str, object] = {}
+_state: dict[str, Path] = {}
 
 FAST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
@@ -47,31 +47,38 @@ SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0
 def configure(settings: Settings) -> Path:
     """Switch this process to multiprocess mode on its metrics folder (idempotent); returns the folder."""
     if "dir" in _state:
-        return _state["dir"]  # type: ignore[return-value]
+        return _state["dir"]
     if settings.metrics_dir is not None:
         folder = Path(settings.metrics_dir)
         folder.mkdir(parents=True, exist_ok=True)
     else:
         folder = Path(tempfile.mkdtemp(prefix="tc-metrics-"))
         owner = os.getpid()
-        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+
+        def remove_folder() -> None:  # in the process that made it only, not in a forked child
+            if os.getpid() == owner:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        atexit.register(remove_folder)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)  # prometheus-client reads its folder from here
-    values.ValueClass = values.MultiProcessValue()
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]  # prometheus-client: untyped
     _state["dir"] = folder
     atexit.register(process_exited)
     return folder
 
 
-def process_exited(pid: Optional[int] = None) -> None:
+def process_exited(pid: int | None = None) -> None:
     """Drop the live gauges of a process that ended (its counters stay: they are totals)."""
     if "dir" in _state:
-        multiprocess.mark_process_dead(pid or os.getpid(), str(_state["dir"]))
+        # prometheus-client's multiprocess helpers are untyped
+        multiprocess.mark_process_dead(pid or os.getpid(), str(_state["dir"]))  # type: ignore[no-untyped-call]
 
 
 def registry(*collectors: Collector) -> CollectorRegistry:
     """What a scrape shows: every process's instruments from the folder, plus `collectors` (read at scrape)."""
     reg = CollectorRegistry()
-    multiprocess.MultiProcessCollector(reg, str(_state.get("dir") or configure(get_settings())))
+    folder = str(_state.get("dir") or configure(get_settings()))
+    multiprocess.MultiProcessCollector(reg, folder)  # type: ignore[no-untyped-call]  # prometheus-client: untyped
     for collector in collectors:
         reg.register(collector)
     return reg

@@ -11,9 +11,11 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from traffic_celery.settings import REPO_ROOT, Settings
 from traffic_celery.vision.types import Detection
@@ -39,14 +41,14 @@ class Detector:
     """A YOLO model plus the class filter, confidence and image size from settings."""
 
     def __init__(self, model_path: str, conf: float = 0.3, imgsz: int = 640,
-                 classes: Optional[Sequence[str]] = None):
+                 classes: Sequence[str] | None = None):
         configure_ultralytics_offline()
-        from ultralytics import (
-            YOLO,  # imported here: the web tier and workers must not pay for torch at import
-        )
+        # imported here: the web tier and workers must not pay for torch at import
+        from ultralytics.models import YOLO
 
         try:
-            self._model = YOLO(model_path, task="detect")
+            # Any: ultralytics types predict() as a union of results and tensors; this module reads it as Results
+            self._model: Any = YOLO(model_path, task="detect")
             self.names: dict[int, str] = dict(self._model.names)  # loads the backend for exported formats
         except Exception as exc:  # ultralytics raises many types for a bad file
             raise DetectorError(f"cannot load detection model {model_path!r} ({exc}); set TC_YOLO_MODEL to a "
@@ -62,7 +64,7 @@ class Detector:
         self.model_path = model_path
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Detector":
+    def from_settings(cls, settings: Settings) -> Detector:
         return cls(settings.model_path, conf=settings.yolo_conf, imgsz=settings.yolo_imgsz,
                    classes=settings.yolo_classes)
 
@@ -70,14 +72,14 @@ class Detector:
         """Run one blank frame: the first inference builds the runtime (seconds), so no real frame pays it."""
         self.detect(np.zeros((self._imgsz, self._imgsz, 3), dtype=np.uint8))
 
-    def detect(self, frame: np.ndarray, tracker: Optional["Tracker"] = None) -> list[Detection]:
+    def detect(self, frame: NDArray[np.uint8], tracker: Tracker | None = None) -> list[Detection]:
         """Objects in one BGR frame, most confident first. With the camera's tracker, `track_id`s are stable
         across frames (and only confirmed tracks are returned); without it, they are indexes in the frame."""
         with self._lock:
             result = self._model.predict(frame, conf=self._conf, imgsz=self._imgsz, classes=self._class_ids,
                                          verbose=False)[0]
         boxes = result.boxes.cpu().numpy()
-        ids: list[Optional[int]] = list(range(len(boxes)))
+        ids: list[int | None] = list(range(len(boxes)))
         xyxy, conf, cls = list(boxes.xyxy), list(boxes.conf), list(boxes.cls)
         if tracker is not None:
             rows = tracker.update(boxes, frame)
@@ -90,12 +92,12 @@ class Detector:
             conf = [row[5] for row in rows] + [conf[i] for i in untracked]
             cls = [row[6] for row in rows] + [cls[i] for i in untracked]
         dets = [Detection(track_id=i, cls=self.names[int(c)], confidence=float(p),
-                          bbox=tuple(float(v) for v in box))  # type: ignore[arg-type]
-                for i, box, p, c in zip(ids, xyxy, conf, cls)]
+                          bbox=tuple(float(v) for v in box))  # type: ignore[arg-type]  # a box has 4 values
+                for i, box, p, c in zip(ids, xyxy, conf, cls, strict=True)]  # parallel lists, one entry per box
         return sorted(dets, key=lambda d: -d.confidence)
 
 
-_shared: Optional[Detector] = None
+_shared: Detector | None = None
 _shared_lock = threading.Lock()
 
 

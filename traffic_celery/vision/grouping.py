@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from traffic_celery.vision.geometry import relative_box_gap
 from traffic_celery.vision.motion import Motion
@@ -40,14 +40,14 @@ def _components(n: int, linked: Sequence[tuple[int, int]]) -> list[list[int]]:
     return list(comps.values())
 
 
-def group_features(members: Sequence[Detection], motion: Optional[Motion] = None,
+def group_features(members: Sequence[Detection], motion: Motion | None = None,
                    ts: float = 0.0) -> GroupFeatures:
     """Counts, the smallest gaps inside a group (relative to object height) and, with the camera's track
     history, the fastest approach and the shortest time-to-contact of a pair that includes a vehicle."""
     min_gap = math.inf
     ped_veh = math.inf
-    speed: Optional[float] = None
-    ttc: Optional[float] = None
+    speed: float | None = None
+    ttc: float | None = None
     for i, a in enumerate(members):
         for b in members[i + 1:]:
             gap = relative_gap(a, b)
@@ -80,8 +80,8 @@ def is_pedestrian_vehicle(a: Detection, b: Detection) -> bool:
 
 
 def group_detections(detections: Sequence[Detection], link_factor: float = 1.0,
-                     min_size: int = 2, id_prefix: str = "g", motion: Optional[Motion] = None,
-                     ts: float = 0.0, pv_link_factor: Optional[float] = None) -> list[TrafficGroup]:
+                     min_size: int = 2, id_prefix: str = "g", motion: Motion | None = None,
+                     ts: float = 0.0, pv_link_factor: float | None = None) -> list[TrafficGroup]:
     """Traffic groups of one frame, ordered left to right (so `groupIndex` is reproducible for a scene). A
     pedestrian and a vehicle link up to `pv_link_factor` (default: `link_factor`), the pair that matters most.
     With the camera's `motion` (and the frame's time `ts`) the features include approach speed and

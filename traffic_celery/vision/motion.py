@@ -9,7 +9,7 @@ time-to-contact is the gap divided by that speed.
 from __future__ import annotations
 
 from collections import deque
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from traffic_celery.vision.geometry import relative_box_gap
 from traffic_celery.vision.types import BBox, Detection
@@ -28,7 +28,7 @@ class Motion:
         while len(self._frames) > 2 and self._frames[1][0] <= ts - self.window:
             self._frames.popleft()
 
-    def approach(self, a: Detection, b: Detection, ts: float) -> Optional[tuple[float, Optional[float]]]:
+    def approach(self, a: Detection, b: Detection, ts: float) -> tuple[float, float | None] | None:
         """(closing speed in heights/s, time-to-contact in s or None when not closing); None without history."""
         if a.track_id is None or b.track_id is None:
             return None

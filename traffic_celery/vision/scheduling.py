@@ -21,8 +21,8 @@ old policy of one call per group per sampled frame.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 from traffic_celery.settings import Settings
 from traffic_celery.vision.types import GroupFeatures, TrafficGroup
@@ -39,7 +39,7 @@ class _Assessed:
     at: float
 
 
-def _shrank(before: Optional[float], now: Optional[float], ratio: float) -> bool:
+def _shrank(before: float | None, now: float | None, ratio: float) -> bool:
     if now is None:
         return False
     if before is None:
@@ -76,11 +76,11 @@ class AssessmentScheduler:
         self.saved = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "AssessmentScheduler":
+    def from_settings(cls, settings: Settings) -> AssessmentScheduler:
         return cls(settings.reassess_interval, settings.assess_min_interval, settings.assess_worsen_ratio,
                    settings.assess_ttc_horizon, settings.assess_pedestrian_groups)
 
-    def reason(self, group: TrafficGroup, now: float) -> Optional[str]:
+    def reason(self, group: TrafficGroup, now: float) -> str | None:
         """Why `group` is due at `now`, or None if it is not."""
         if not self.pedestrian_groups and not any(m.is_vehicle for m in group.members):
             return None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 
 def _bytetrack_config() -> Any:
@@ -22,7 +23,8 @@ def _bytetrack_config() -> Any:
     # between frames. Measured on the sample video at 0.5 s per frame: the defaults keep 79% of ids from one
     # frame to the next and show 59% of detections; these keep 93% and show 72% (the rest, unconfirmed, are
     # still reported by the detector, without a trackId).
-    return IterableSimpleNamespace(**{**YAML.load(cfg), "match_thresh": 0.95, "fuse_score": False})
+    config = YAML.load(cfg)  # type: ignore[no-untyped-call]  # ultralytics leaves YAML.load unannotated
+    return IterableSimpleNamespace(**{**config, "match_thresh": 0.95, "fuse_score": False})
 
 
 class Tracker:
@@ -32,8 +34,9 @@ class Tracker:
     def __init__(self) -> None:
         from ultralytics.trackers.byte_tracker import BYTETracker  # noqa: PLC0415
 
-        self._tracker = BYTETracker(_bytetrack_config())
+        # ultralytics leaves BYTETracker unannotated
+        self._tracker = BYTETracker(_bytetrack_config())  # type: ignore[no-untyped-call]
 
-    def update(self, boxes: Any, frame: np.ndarray) -> np.ndarray:
+    def update(self, boxes: Any, frame: NDArray[np.uint8]) -> NDArray[np.floating[Any]]:
         tracks = self._tracker.update(boxes, frame)
         return np.asarray(tracks).reshape(-1, 8) if len(tracks) else np.zeros((0, 8))

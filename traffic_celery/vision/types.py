@@ -6,7 +6,7 @@ Their `to_event` methods give the camelCase shapes of the WebSocket protocol in 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 VEHICLE_CLASSES = frozenset({"bicycle", "car", "motorcycle", "bus", "truck", "train"})
 PEDESTRIAN_CLASSES = frozenset({"person"})
@@ -18,7 +18,7 @@ BBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 class Detection:
     """One detected object in one frame."""
 
-    track_id: Optional[int]  # stable across frames with tracking (None until the track is confirmed); the index
+    track_id: int | None  # stable across frames with tracking (None until the track is confirmed); the index
     # within the frame without tracking
     cls: str
     confidence: float

@@ -5,34 +5,50 @@ const $ = (id) => document.getElementById(id);
 const COLORS = { none: "#4caf50", low: "#cddc39", medium: "#ff9800", high: "#f44336" };
 const RANK = { none: 0, low: 1, medium: 2, high: 3 };
 
-// With TC_API_TOKEN set on the server, open the page once as /?token=...: the token is kept in this browser
-// (localStorage) and removed from the address bar.
+// With TC_API_TOKEN set on the server, the API answers 401 until the browser has the session cookie: the page
+// then shows a login form that POSTs the token to /api/login, which sets the (HttpOnly) cookie. The token is
+// never stored by the page nor put in a URL: REST, snapshots and the WebSocket carry the cookie. An old bookmark
+// /?token=... is logged in with once, and the token is taken out of the address bar first.
 const params = new URLSearchParams(location.search);
-if (params.get("token")) {
-  localStorage.setItem("tcToken", params.get("token"));
+const bookmarkToken = params.get("token");
+if (bookmarkToken !== null) {
   params.delete("token");
-  history.replaceState(null, "", location.pathname + (params.toString() ? `?${params}` : ""));
+  history.replaceState(null, "", location.pathname + (params.toString() ? `?${params}` : "") + location.hash);
 }
-const token = localStorage.getItem("tcToken");
 const autostart = params.get("autostart") !== "0";   // the demo starts the sample video when nothing runs
 
 const cameras = new Map();     // cameraId -> {info, card, canvas}
 const groupRisk = new Map();   // `${cameraId}/${groupId}` -> riskLevel, from assessments
 const seenTasks = new Set();   // an assessment is identified by its task id: show each once
 let selected = null, ws = null, retry = 500, sampleVideo = "", olderCursor = null, frames = 0, lastFrameAt = 0;
+let reconnectTimer = null, historyRun = 0;
 
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-const withToken = (url) => token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url;
 
 async function api(method, path, body) {
   const res = await fetch(path, {
-    method, headers: { ...(body ? { "Content-Type": "application/json" } : {}),
-                       ...(token ? { Authorization: `Bearer ${token}` } : {}) },
+    method, headers: body ? { "Content-Type": "application/json" } : {}, credentials: "same-origin",
     body: body ? JSON.stringify(body) : undefined,
   });
   const data = res.status === 204 ? null : await res.json().catch(() => ({ error: res.statusText }));
+  if (res.status === 401 && path !== "/api/login") showLogin();
   if (!res.ok) throw Object.assign(new Error(data?.error || res.statusText), { field: data?.field, status: res.status });
   return data;
+}
+
+// --- login (only with TC_API_TOKEN set on the server) ---------------------------------------------------------
+function showLogin() {
+  if (!$("login").hidden) return;
+  $("login").hidden = false;
+  $("login-token").focus();
+}
+
+async function login(tokenValue) {
+  await api("POST", "/api/login", { token: tokenValue });   // 204 + the session cookie, or 401 "wrong token"
+  $("login").hidden = true;
+  $("login-error").textContent = "";
+  await Promise.all([refreshCameras(), refreshKeys()]);
+  if (!ws || ws.readyState !== WebSocket.OPEN) { clearTimeout(reconnectTimer); retry = 500; connect(); }
 }
 
 function send(type, data = {}) {
@@ -40,11 +56,18 @@ function send(type, data = {}) {
 }
 
 function connect() {
-  const query = token ? `?token=${encodeURIComponent(token)}` : "";
-  ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws${query}`);
-  ws.onopen = () => { retry = 500; setConn(true); };
-  ws.onclose = () => { setConn(false); setTimeout(connect, retry); retry = Math.min(retry * 2, 8000); };
-  ws.onmessage = (ev) => {
+  if (ws && ws.readyState <= WebSocket.OPEN) return;   // connecting or open already
+  const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  ws = socket;
+  socket.onopen = () => { retry = 500; setConn(true); };
+  socket.onclose = () => {
+    if (ws !== socket) return;
+    setConn(false);
+    clearTimeout(reconnectTimer);
+    reconnectTimer = setTimeout(connect, retry);
+    retry = Math.min(retry * 2, 8000);
+  };
+  socket.onmessage = (ev) => {
     let msg;
     try { msg = JSON.parse(ev.data); } catch { return; }
     HANDLERS[msg.type]?.(msg.data || {});
@@ -76,7 +99,7 @@ const HANDLERS = {
 // --- cameras ---------------------------------------------------------------------------------------------
 async function refreshCameras() {
   let list;
-  try { list = await api("GET", "/api/cameras"); } catch (e) { notice(e.message); return; }
+  try { list = await api("GET", "/api/cameras"); } catch (e) { if (e.status !== 401) notice(e.message); return; }
   const ids = new Set(list.map((c) => c.cameraId));
   for (const id of [...cameras.keys()]) if (!ids.has(id)) { cameras.get(id).card.remove(); cameras.delete(id); }
   for (const info of list) updateCamera(info.cameraId, info);
@@ -133,11 +156,13 @@ async function addCamera(id, url, interval) {
 }
 
 function select(id) {
+  const changed = id !== selected;
   selected = id;
   frames = 0; lastFrameAt = 0;
   $("live-title").textContent = `camera ${id}`;
   for (const [cid, cam] of cameras) cam.card.classList.toggle("selected", cid === id);
   updateCamera(id, {});
+  if (changed) clearAlerts();   // the feed is the selected camera's: not the previous one's plus this one's
   loadHistory(true);
 }
 
@@ -201,9 +226,10 @@ function alertItem(a) {
   const li = document.createElement("li");
   li.className = `assessment ${a.riskLevel}`;
   li.dataset.task = a.taskId;
+  li.dataset.cameraId = a.cameraId;
   const when = new Date(1000 * (a.assessedAt || a.frameTimestamp || Date.now() / 1000)).toLocaleTimeString();
   const delay = a.frameTimestamp && a.assessedAt ? ` · ${(a.assessedAt - a.frameTimestamp).toFixed(1)} s after the frame` : "";
-  const snap = withToken(`/api/cameras/${encodeURIComponent(a.cameraId)}/alerts/${encodeURIComponent(a.taskId)}/snapshot.jpg`);
+  const snap = `/api/cameras/${encodeURIComponent(a.cameraId)}/alerts/${encodeURIComponent(a.taskId)}/snapshot.jpg`;   // the cookie authenticates it
   li.innerHTML = `<img class="thumb" alt="crop of group ${esc(a.groupId)}" loading="lazy" src="${esc(snap)}">
     <div><span class="level">${esc(a.riskLevel)}</span> camera ${esc(a.cameraId)} · group ${esc(a.groupId)}
     <div>${esc(a.description)}</div>
@@ -214,27 +240,44 @@ function alertItem(a) {
 }
 
 function addAssessment(a, live) {
-  if (seenTasks.has(a.taskId)) return;
+  const cam = cameras.get(a.cameraId);
+  if (live) {
+    groupRisk.set(`${a.cameraId}/${a.groupId}`, a.riskLevel);   // every camera's boxes and cards show it
+    if (cam && RANK[a.riskLevel] >= RANK.medium) cam.card.dataset.alert = a.riskLevel;
+  }
+  if (String(a.cameraId) !== String(selected) || seenTasks.has(a.taskId)) return;   // the feed: selected only
   seenTasks.add(a.taskId);
-  const key = `${a.cameraId}/${a.groupId}`;
-  if (live) groupRisk.set(key, a.riskLevel);
   const list = $("assessments");
   if (live) list.prepend(alertItem(a)); else list.append(alertItem(a));
   while (list.children.length > 300) list.lastChild.remove();
-  $("alert-count").textContent = String(list.querySelectorAll("li.assessment:not(.error)").length);
-  const cam = cameras.get(a.cameraId);
-  if (cam && live && RANK[a.riskLevel] >= RANK.medium) cam.card.dataset.alert = a.riskLevel;
+  countAlerts();
+}
+
+function countAlerts() {
+  $("alert-count").textContent = String($("assessments").querySelectorAll("li.assessment:not(.error)").length);
+}
+
+function clearAlerts() {
+  historyRun += 1;   // a history page still on its way belongs to the previous camera: dropped when it lands
+  $("assessments").replaceChildren();
+  seenTasks.clear();
+  olderCursor = null;
+  $("older").hidden = true;
+  countAlerts();
 }
 
 async function loadHistory(reset) {
   if (!selected) return;
+  const camera = selected, run = historyRun;
+  if (!reset && !olderCursor) return;
   const cursor = reset ? "" : `&before=${encodeURIComponent(olderCursor)}`;
   try {
-    const page = await api("GET", `/api/cameras/${encodeURIComponent(selected)}/alerts?limit=20${cursor}`);
+    const page = await api("GET", `/api/cameras/${encodeURIComponent(camera)}/alerts?limit=20${cursor}`);
+    if (camera !== selected || run !== historyRun) return;
     for (const a of page.items) addAssessment(a, false);
     olderCursor = page.next;
     $("older").hidden = !olderCursor;
-  } catch (e) { if (e.status !== 404) notice(e.message); }
+  } catch (e) { if (e.status !== 404 && e.status !== 401) notice(e.message); }
 }
 
 function addError(e) {
@@ -272,6 +315,21 @@ $("camera-form").addEventListener("submit", async (ev) => {
 });
 $("stop").addEventListener("click", () => selected && cameraAction(selected, "stop"));
 $("older").addEventListener("click", () => loadHistory(false));
+$("login").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  $("login-error").textContent = "";
+  try {
+    await login($("login-token").value);
+    $("login-token").value = "";
+  } catch (e) {
+    $("login-error").textContent = e.status === 401 ? "wrong token" : e.message;
+    $("login-token").select();
+  }
+});
+
+if (bookmarkToken) {   // an old /?token=... bookmark: exchanged for the cookie once (the URL is clean already)
+  try { await api("POST", "/api/login", { token: bookmarkToken }); } catch (e) { notice(`login: ${e.message}`); }
+}
 setInterval(() => send("ping", { timestamp: Date.now() }), 20000);
 setInterval(refreshCameras, 5000);
 setInterval(refreshKeys, 3000);
