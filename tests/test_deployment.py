@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 
 import pytest
 import yaml
@@ -28,16 +29,24 @@ def compose() -> dict:
 
 def commands(compose: dict) -> dict[str, list[str]]:
     return {name: svc["command"] for name, svc in compose["services"].items() if "command" in svc and
-            svc["command"][0] in ("python", "gunicorn")}
+            svc["command"][0] in ("traffic-celery", "gunicorn")}
 
 
 def test_every_command_runs_a_module_of_the_project(compose):
+    """`traffic-celery SUBCOMMAND` is the console script of pyproject.toml with one of its subcommands; gunicorn
+    loads a module of the project with a config file that exists."""
+    from traffic_celery.cli import COMMANDS
+
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["traffic-celery"] == "traffic_celery.cli:main"
     found = commands(compose)
     assert {"web", "results", "flower", "provider", "capture"} <= set(found)
     for name, cmd in found.items():
-        module = cmd[cmd.index("-m") + 1] if cmd[0] == "python" else cmd[-1].split(":")[0]
-        assert importlib.util.find_spec(module) is not None, f"{name}: no module {module}"
-        if cmd[0] == "gunicorn":
+        if cmd[0] == "traffic-celery":
+            assert cmd[1] in COMMANDS, f"{name}: traffic-celery has no subcommand {cmd[1]}"
+        else:
+            module = cmd[-1].split(":")[0]
+            assert importlib.util.find_spec(module) is not None, f"{name}: no module {module}"
             assert (REPO_ROOT / cmd[cmd.index("-c") + 1]).exists()
 
 
@@ -78,8 +87,8 @@ def test_prometheus_scrapes_services_of_the_compose_file(compose):
         app_service = compose["services"][host].get("image") == compose["x-app"]["image"]
         assert port in published or host == "web" or (app_service and port == metrics_port), target
     scraped_hosts = {t.split(":")[0] for t in targets}
-    workers = {name for name, cmd in commands(compose).items() if cmd[:3] == ["python", "-m", "workers"]}
-    assert workers <= scraped_hosts, "every worker's metrics are scraped"
+    workers = {name for name, cmd in commands(compose).items() if cmd[:2] == ["traffic-celery", "worker"]}
+    assert workers and workers <= scraped_hosts, "every worker's metrics are scraped"
 
 
 def test_grafana_dashboard_uses_only_metrics_the_system_exports(web):
