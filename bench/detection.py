@@ -116,7 +116,7 @@ def sustain(settings: Settings, detector: Detector, cameras: int, seconds: float
     time.sleep(2.0)  # sources open, trackers built
     counts = [loop.frames_analysed for loop in loops]
     time.sleep(seconds)  # measuring a fixed window, not waiting for a condition
-    fps = [(loop.frames_analysed - c) / seconds for loop, c in zip(loops, counts)]
+    fps = [(loop.frames_analysed - c) / seconds for loop, c in zip(loops, counts, strict=False)]
     for loop in loops:
         loop.stop_async()
     for loop in loops:

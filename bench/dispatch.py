@@ -23,8 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 import requests
@@ -80,9 +81,9 @@ class Bench:
             try:
                 if requests.get(url, timeout=1).ok:
                     return
-            except requests.RequestException:
+            except requests.RequestException as exc:
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"the provider did not start; see {self.tmp}")
+                    raise SystemExit(f"the provider did not start; see {self.tmp}") from exc
             time.sleep(0.1)
 
     def start_workers(self, concurrency: int) -> None:
@@ -138,7 +139,7 @@ class Bench:
         for key_id, limit in LIMITS.items():
             ok = [e["t"] for e in entries if e["key"] == key_id and e["status"] == 200]
             span = ok[-1] - ok[0] if len(ok) > 1 else float("nan")
-            gaps = sorted((b - a) * limit for a, b in zip(ok, ok[1:]))  # in units of the key's interval
+            gaps = sorted((b - a) * limit for a, b in zip(ok, ok[1:], strict=False))  # in units of the key's interval
             per_key[key_id] = {"gap_p50": pct(gaps, 0.5), "gap_p90": pct(gaps, 0.9), "calls": len(ok), "util": (len(ok) - 1) / span / limit if len(ok) > 1 else 0.0,
                                "429": sum(e["key"] == key_id and e["status"] == 429 for e in entries),
                                "end": ok[-1] - entries[0]["t"] if ok else 0.0}

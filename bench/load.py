@@ -147,7 +147,7 @@ class System:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by each process tree of the system, Redis and this benchmark."""
-        trees = {name: proc.pid for name, proc in zip(self.names, self.procs)}
+        trees = {name: proc.pid for name, proc in zip(self.names, self.procs, strict=False)}
         trees.update({"redis": self.redis.process.pid, "bench (cameras)": os.getpid()})
         used = {}
         for name, pid in trees.items():

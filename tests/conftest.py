@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import pytest
 import redis
@@ -39,7 +40,7 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str | Callable[
     """Poll `condition` until it returns something truthy; fail with `what` (or what it returns, to describe the
     state at the deadline) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    last_error: Optional[BaseException] = None
+    last_error: BaseException | None = None
     while time.monotonic() < deadline:
         try:
             value = condition()
@@ -259,13 +260,13 @@ class WsClient:
         self.ws = websocket.create_connection(base_url.replace("http://", "ws://") + path, timeout=5)
         self.seen: list[dict[str, Any]] = []
 
-    def send(self, type_: str, data: Optional[dict[str, Any]] = None) -> None:
+    def send(self, type_: str, data: dict[str, Any] | None = None) -> None:
         self.ws.send(json.dumps({"type": type_, "data": data or {}}))
 
     def send_raw(self, raw: str) -> None:
         self.ws.send(raw)
 
-    def next(self, timeout: float) -> Optional[dict[str, Any]]:
+    def next(self, timeout: float) -> dict[str, Any] | None:
         self.ws.settimeout(timeout)
         try:
             msg = json.loads(self.ws.recv())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.server
 import socketserver
 import threading
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import cv2
 
@@ -26,12 +26,12 @@ class MjpegServer:
         self.fps = fps
         self.port = port
         self.connections = 0
-        self._server: Optional[_Server] = None
+        self._server: _Server | None = None
         self._stopping = threading.Event()
         self.paused = threading.Event()
 
     @classmethod
-    def from_video(cls, path: str, count: int = 100, fps: float = 10.0) -> "MjpegServer":
+    def from_video(cls, path: str, count: int = 100, fps: float = 10.0) -> MjpegServer:
         cap = cv2.VideoCapture(path)
         frames = []
         while len(frames) < count:
@@ -46,7 +46,7 @@ class MjpegServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/video.mjpg"
 
-    def start(self) -> "MjpegServer":
+    def start(self) -> MjpegServer:
         owner = self
         self._stopping = stopping = threading.Event()
 

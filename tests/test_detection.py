@@ -71,7 +71,7 @@ def test_tracking_and_group_ids_are_stable_on_the_sample_video(detector, sample_
                               for g in group_ids.assign(group_detections(dets))})
     cap.release()
     # people walk on: most track ids of a frame are still there in the next
-    kept = [len(a & b) / max(1, len(a)) for a, b in zip(frames_ids[1:], frames_ids[2:])]
+    kept = [len(a & b) / max(1, len(a)) for a, b in zip(frames_ids[1:], frames_ids[2:], strict=False)]
     assert sum(kept) / len(kept) >= 0.8, kept
     # the parked car and the van next to it form a group whose id never changes while both are seen
     parked = [gid for groups in frames_groups for gid, members in groups.items() if len(members) >= 2]
@@ -100,5 +100,5 @@ def test_real_scene_gives_the_same_groups_at_another_resolution(detector, sample
     assert original, "the frame has groups (the parked van and car)"
     # same groups, same members; boxes equal to within 8 px of the original frame
     assert [(c, n) for c, n, _ in original] == [(c, n) for c, n, _ in other]
-    for (_, _, a), (_, _, b) in zip(original, other):
-        assert all(abs(x - y) <= 1 for x, y in zip(a, b)), (original, other)
+    for (_, _, a), (_, _, b) in zip(original, other, strict=False):
+        assert all(abs(x - y) <= 1 for x, y in zip(a, b, strict=False)), (original, other)

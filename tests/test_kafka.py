@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests

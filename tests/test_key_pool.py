@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import pytest
@@ -157,7 +158,7 @@ def test_rpm_is_enforced_across_processes(pool_system):
     system.enqueue(5)
     system.collect(lambda ev: len(assessments(ev)) >= 5, 60, "5 assessments")
     times = [e["t"] for e in system.provider_log() if e["status"] == 200]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert system.provider_stats()["keys"]["a"]["rateLimited"] == 0
     assert min(gaps) >= 60 / 30 * 0.98, gaps   # 30 per minute means one every 2 s, never a burst of 30
 

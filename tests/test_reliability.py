@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import cv2
 import psutil
