@@ -36,7 +36,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: install-dev media browser
+test: install-dev media browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from flask import Flask
 
@@ -37,7 +37,7 @@ class DaemonThread(threading.Thread):
         self.daemon = True
 
 
-def create_app(settings: Optional[Settings] = None) -> Flask:
+def create_app(settings: Settings | None = None) -> Flask:
     """Build the app and its runtime; nothing runs until :func:`start`."""
     settings = settings or get_settings()
     instruments.configure(settings)  # before any instrument is touched

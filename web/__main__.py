@@ -27,7 +27,7 @@ def main() -> None:
     server = make_server(host, settings.web_port, app, threaded=True)
     stopping = threading.Event()
 
-    def shutdown(*_args) -> None:
+    def shutdown(*_args: object) -> None:
         if not stopping.is_set():
             stopping.set()
             threading.Thread(target=server.shutdown, daemon=True).start()

@@ -32,10 +32,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from typing import Optional
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from traffic_celery.net import is_loopback
@@ -78,11 +78,11 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"tc-session-v1", hashlib.sha256).hexdigest()
 
 
-def _secret(settings: Settings) -> Optional[str]:
+def _secret(settings: Settings) -> str | None:
     return None if settings.api_token is None else settings.api_token.get_secret_value()
 
 
-def bearer_token() -> Optional[str]:
+def bearer_token() -> str | None:
     header = request.headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip()
@@ -101,13 +101,13 @@ def _same_origin() -> bool:
     return parts.netloc.lower().removesuffix(default) == request.host.lower().removesuffix(default)
 
 
-def _refuse(status: int, message: str):
+def _refuse(status: int, message: str) -> tuple[Response, int, dict[str, str]]:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     return jsonify(error=message, field="token"), status, headers
 
 
 @bp.post("/api/login")
-def login():
+def login() -> ResponseReturnValue:
     """Exchange the token for the session cookie: 204 and Set-Cookie, or 401."""
     body = parse(Login)
     expected = _secret(runtime(current_app).settings)
@@ -122,7 +122,7 @@ def login():
 
 
 @bp.post("/api/logout")
-def logout():
+def logout() -> ResponseReturnValue:
     """Clear the session cookie (204)."""
     response = Response(status=204)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Strict", secure=request.is_secure)
@@ -137,7 +137,7 @@ def install(app: Flask, settings: Settings) -> None:
     expected_session = session_value(settings.api_token.get_secret_value()).encode()
 
     @app.before_request
-    def require_token():
+    def require_token() -> ResponseReturnValue | None:
         path = request.path
         guarded = (path.startswith("/api/") and path not in OPEN_PATHS) or path in ("/metrics", "/ws")
         if not guarded:

@@ -8,9 +8,10 @@ schemas; a bad request is `400 {"error": ..., "field": ...}`, an unknown camera 
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Union
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -32,14 +33,14 @@ from .runtime import runtime
 
 bp = Blueprint("cameras_api", __name__, url_prefix="/api/cameras")
 
-Seconds = Optional[Union[StrictInt, StrictFloat]]
+Seconds = StrictInt | StrictFloat | None
 
 
 class CameraCreate(BaseModel):
     """A camera to add (and start, unless `enabled` is false)."""
 
     model_config = ConfigDict(extra="forbid")
-    cameraId: Union[StrictInt, StrictStr] = Field(description="a number or a name: letters, digits, '-', '_'")
+    cameraId: StrictInt | StrictStr = Field(description="a number or a name: letters, digits, '-', '_'")
     url: StrictStr = Field(min_length=1, max_length=2048,
                            description="rtsp(s):// or http(s):// URL, a file in the media folder (TC_MEDIA_DIR) "
                            "or a webcam index 0-63")
@@ -57,9 +58,9 @@ class CameraChange(BaseModel):
     """Fields to change; a running camera restarts on its new source."""
 
     model_config = ConfigDict(extra="forbid")
-    url: Optional[StrictStr] = Field(None, min_length=1, max_length=2048)
+    url: StrictStr | None = Field(None, min_length=1, max_length=2048)
     frameInterval: Seconds = Field(None, gt=0, le=60)
-    enabled: Optional[StrictBool] = None
+    enabled: StrictBool | None = None
 
     @field_validator("url", "enabled", mode="before")
     @classmethod
@@ -103,7 +104,7 @@ def entry(camera_id: str) -> dict[str, Any]:
 
 
 @bp.get("")
-def list_cameras():
+def list_cameras() -> ResponseReturnValue:
     return jsonify(runtime(current_app).cameras.describe())
 
 
@@ -116,10 +117,10 @@ def checked_url(url: str) -> str:
 
 
 @bp.post("")
-def add_camera():
+def add_camera() -> ResponseReturnValue:
     body: CameraCreate = parse(CameraCreate)
     camera_id = camera_id_of(body.cameraId)
-    config = CameraConfig(camera_id=camera_id, url=checked_url(body.url), frame_interval=body.frameInterval,
+    config = CameraConfig(cameraId=camera_id, url=checked_url(body.url), frameInterval=body.frameInterval,
                           enabled=body.enabled)
     if not runtime(current_app).cameras.add(config):  # atomic: of two concurrent adds, one gets the 409
         raise ApiError(409, f"camera {camera_id} exists; change it with PATCH /api/cameras/{camera_id}",
@@ -128,24 +129,24 @@ def add_camera():
 
 
 @bp.get("/<camera_id>")
-def get_camera(camera_id: str):
+def get_camera(camera_id: str) -> ResponseReturnValue:
     return jsonify(entry(camera_id))
 
 
 @bp.get("/<camera_id>/status")
-def camera_status(camera_id: str):
+def camera_status(camera_id: str) -> ResponseReturnValue:
     found = entry(camera_id)
     return jsonify({k: found.get(k) for k in ("cameraId", "enabled", "state", "message", "node", "framesAnalysed",
                                               "tasksEnqueued", "reconnects")})
 
 
 @bp.patch("/<camera_id>")
-def change_camera(camera_id: str):
+def change_camera(camera_id: str) -> ResponseReturnValue:
     body: CameraChange = parse(CameraChange)
     changes = body.model_dump(exclude_unset=True)
     url = checked_url(changes["url"]) if "url" in changes else None
 
-    def change(current: Optional[CameraConfig]) -> Optional[CameraConfig]:
+    def change(current: CameraConfig | None) -> CameraConfig | None:
         """The new config from the camera as it is in the registry now (run again if it changed meanwhile)."""
         if current is None:
             return None
@@ -163,28 +164,28 @@ def change_camera(camera_id: str):
 
 
 @bp.delete("/<camera_id>")
-def remove_camera(camera_id: str):
+def remove_camera(camera_id: str) -> ResponseReturnValue:
     if not runtime(current_app).cameras.remove(camera_id_of(camera_id)):
         raise ApiError(404, f"no camera {camera_id}", "cameraId")
     return Response(status=204)
 
 
 @bp.post("/<camera_id>/start")
-def start_camera(camera_id: str):
+def start_camera(camera_id: str) -> ResponseReturnValue:
     if runtime(current_app).cameras.set_enabled(camera_id_of(camera_id), True) is None:
         raise ApiError(404, f"no camera {camera_id}; add it with POST /api/cameras", "cameraId")
     return jsonify(entry(camera_id))
 
 
 @bp.post("/<camera_id>/stop")
-def stop_camera(camera_id: str):
+def stop_camera(camera_id: str) -> ResponseReturnValue:
     if runtime(current_app).cameras.set_enabled(camera_id_of(camera_id), False) is None:
         raise ApiError(404, f"no camera {camera_id}", "cameraId")
     return jsonify(entry(camera_id))
 
 
 @bp.get("/<camera_id>/latest")
-def latest(camera_id: str):
+def latest(camera_id: str) -> ResponseReturnValue:
     found = store.latest_assessment(runtime(current_app).redis, camera_id_of(camera_id))
     if found is None:
         raise ApiError(404, f"no assessment for camera {camera_id} yet", "cameraId")
@@ -192,7 +193,7 @@ def latest(camera_id: str):
 
 
 @bp.get("/<camera_id>/alerts")
-def alerts(camera_id: str):
+def alerts(camera_id: str) -> ResponseReturnValue:
     """A page of the camera's alert history, newest first: `?limit=1..100` (20) and `?before=<alertId>`."""
     camera_id = camera_id_of(camera_id)
     try:
@@ -211,7 +212,7 @@ def alerts(camera_id: str):
 
 
 @bp.get("/<camera_id>/alerts/<task_id>/snapshot.jpg")
-def alert_snapshot(camera_id: str, task_id: str):
+def alert_snapshot(camera_id: str, task_id: str) -> ResponseReturnValue:
     camera_id = camera_id_of(camera_id)
     if not names.CAMERA_ID_RE.match(task_id):
         raise ApiError(400, "not a task id", "taskId")

@@ -7,10 +7,10 @@ Redis get the same shape, so a client never has to parse an HTML error page.
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import redis
 from flask import Flask, jsonify, request
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from traffic_celery.registry import RegistryConflict
@@ -19,30 +19,31 @@ logger = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: Optional[str] = None):
+    def __init__(self, status: int, message: str, field: str | None = None):
         super().__init__(message)
         self.status, self.message, self.field = status, message, field
 
 
 def install(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def api_error(exc: ApiError):
+    def api_error(exc: ApiError) -> ResponseReturnValue:
         return jsonify(error=exc.message, field=exc.field), exc.status
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
+    def http_error(exc: HTTPException) -> ResponseReturnValue:
         if not request.path.startswith("/api/"):
             return exc
         messages = {404: f"no route {request.path}; see /api/openapi.json",
                     405: f"{request.method} is not allowed on {request.path}",
                     413: f"the body is larger than {app.config.get('MAX_CONTENT_LENGTH')} bytes"}
-        return jsonify(error=messages.get(exc.code or 500, exc.description), field=None), exc.code
+        # Flask never passes a code-less HTTPException to a handler, so `or 500` only narrows the type
+        return jsonify(error=messages.get(exc.code or 500, exc.description), field=None), exc.code or 500
 
     @app.errorhandler(RegistryConflict)
-    def conflict(exc: RegistryConflict):
+    def conflict(exc: RegistryConflict) -> ResponseReturnValue:
         return jsonify(error=str(exc), field="cameraId"), 409
 
     @app.errorhandler(redis.RedisError)
-    def redis_down(exc: redis.RedisError):
+    def redis_down(exc: redis.RedisError) -> ResponseReturnValue:
         logger.warning("Redis error on %s: %s", request.path, exc)
         return jsonify(error=f"Redis unreachable ({exc}); check TC_REDIS_URL", field=None), 503

@@ -7,6 +7,9 @@ the same rule as `python -m web`: without `TC_API_TOKEN`, loopback only. On exit
 
 from __future__ import annotations
 
+from types import FrameType
+from typing import Any
+
 from traffic_celery.settings import get_settings
 from traffic_celery.telemetry import instruments
 from web.auth import bind_address
@@ -21,7 +24,7 @@ timeout = 120  # a WebSocket request lives long; gthread workers heartbeat separ
 graceful_timeout = 20
 
 
-def worker_exit(server, worker) -> None:  # noqa: ANN001 (gunicorn's hook signature)
+def worker_exit(server: Any, worker: Any) -> None:  # gunicorn's Arbiter and Worker (gunicorn is untyped)
     from web.runtime import runtime
 
     try:
@@ -30,11 +33,11 @@ def worker_exit(server, worker) -> None:  # noqa: ANN001 (gunicorn's hook signat
         server.log.exception("closing the web runtime failed")
 
 
-def child_exit(server, worker) -> None:  # noqa: ANN001
+def child_exit(server: Any, worker: Any) -> None:  # gunicorn's Arbiter and Worker (gunicorn is untyped)
     instruments.process_exited(worker.pid)  # its WebSocket clients gauge goes with it
 
 
-def post_worker_init(worker) -> None:  # noqa: ANN001
+def post_worker_init(worker: Any) -> None:  # gunicorn's Worker (gunicorn is untyped)
     """On SIGTERM, end this worker's WebSocket handlers first: gunicorn waits for running requests, and a
     WebSocket is a request that would otherwise hold the shutdown until `graceful_timeout`."""
     import signal
@@ -44,7 +47,7 @@ def post_worker_init(worker) -> None:  # noqa: ANN001
 
     previous = signal.getsignal(signal.SIGTERM)
 
-    def on_term(signum, frame) -> None:  # noqa: ANN001
+    def on_term(signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=runtime(worker.wsgi).hub.stop, daemon=True).start()
         if callable(previous):
             previous(signum, frame)

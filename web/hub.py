@@ -20,14 +20,14 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any, cast
 
 import redis
 
 from traffic_celery import names
+from traffic_celery.protocol import EventType, ProtocolError, decode, encode
 from traffic_celery.redis_conn import connect, listen
 from traffic_celery.settings import Settings
-from traffic_celery.protocol import EventType, ProtocolError, decode, encode
 from traffic_celery.telemetry import instruments
 
 logger = logging.getLogger(__name__)
@@ -130,11 +130,11 @@ class EventHub:
         self._clients: dict[int, Client] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._next_id = 0
         self.ready = threading.Event()
         self._relayed: OrderedDict[str, None] = OrderedDict()  # task ids of the last RECENT assessments relayed
-        self._lost_at: Optional[float] = None
+        self._lost_at: float | None = None
 
     def ensure_started(self) -> None:
         with self._lock:
@@ -213,7 +213,9 @@ class EventHub:
         try:
             r = connect(self._settings)
             for camera_id in sorted(cameras):
-                for _id, fields in r.xrange(names.alerts_key(camera_id), min=str(int(since * 1000)), max="+"):
+                entries = cast("list[tuple[bytes, dict[bytes, bytes]]]",  # a sync client: never None
+                               r.xrange(names.alerts_key(camera_id), min=str(int(since * 1000)), max="+"))
+                for _id, fields in entries:
                     self.deliver(camera_id, encode(EventType.RISK_ASSESSMENT, json.loads(fields[b"assessment"])))
         except (redis.RedisError, ValueError, KeyError) as exc:
             logger.warning("could not relay the assessments stored while Redis was away: %s", exc)

@@ -6,9 +6,10 @@ the app is described here and nothing else, so the description cannot drift from
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
 from .auth import COOKIE, OPEN_PATHS, Login
@@ -25,7 +26,7 @@ ID = [{"name": "camera_id", "in": "path", "required": True, "schema": {"type": "
                                                                       "pattern": "^[A-Za-z0-9_-]{1,64}$"}}]
 
 # (method, path, summary, request model, success status, success schema)
-ROUTES: list[tuple[str, str, str, Optional[type[BaseModel]], int, dict[str, Any]]] = [
+ROUTES: list[tuple[str, str, str, type[BaseModel] | None, int, dict[str, Any]]] = [
     ("get", "/api/health", "Redis, event relay, cameras, this process's capture node", None, 200, {}),
     ("get", "/api/keys", "API keys (masked), limits, state and counters", None, 200, {"type": "array"}),
     ("get", "/api/assessments/stats", "LLM calls made per reason and saved", None, 200, {}),
@@ -92,5 +93,5 @@ def spec() -> dict[str, Any]:
 
 
 @bp.get("/api/openapi.json")
-def openapi():
+def openapi() -> ResponseReturnValue:
     return jsonify(spec())

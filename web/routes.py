@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify, send_from_directory
+from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from traffic_celery.telemetry.collectors import assessment_stats, key_stats
@@ -14,12 +15,13 @@ bp = Blueprint("routes", __name__)
 
 
 @bp.get("/")
-def index():
+def index() -> ResponseReturnValue:
+    assert current_app.static_folder is not None  # the app is built with a static folder
     return send_from_directory(current_app.static_folder, "index.html")
 
 
 @bp.get("/api/health")
-def health():
+def health() -> ResponseReturnValue:
     rt = runtime(current_app)
     cameras_registered = None
     try:
@@ -40,7 +42,7 @@ def health():
 
 
 @bp.get("/api/keys")
-def keys():
+def keys() -> ResponseReturnValue:
     rt = runtime(current_app)
     try:
         return jsonify(key_stats(rt.keys, rt.router.limiter, rt.router))
@@ -49,7 +51,7 @@ def keys():
 
 
 @bp.get("/api/assessments/stats")
-def assessments_stats():
+def assessments_stats() -> ResponseReturnValue:
     """LLM calls made per reason and calls saved by the scheduler, all cameras."""
     try:
         return jsonify(assessment_stats(runtime(current_app).redis))
@@ -58,5 +60,5 @@ def assessments_stats():
 
 
 @bp.get("/metrics")
-def metrics():
+def metrics() -> ResponseReturnValue:
     return Response(generate_latest(runtime(current_app).metrics), mimetype=CONTENT_TYPE_LATEST)

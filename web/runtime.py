@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import redis
 from flask import Flask
@@ -28,7 +27,7 @@ class Runtime:
     redis: redis.Redis
     hub: EventHub
     cameras: CameraRegistry
-    node: Optional[CaptureNode]
+    node: CaptureNode | None
     keys: KeyPool
     router: Router
     metrics: CollectorRegistry
@@ -46,4 +45,5 @@ class Runtime:
 
 
 def runtime(app: Flask) -> Runtime:
-    return app.extensions[EXTENSION]
+    rt: Runtime = app.extensions[EXTENSION]
+    return rt

@@ -10,15 +10,23 @@ import json
 import logging
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import Blueprint, current_app
-from simple_websocket import ConnectionClosed
+from simple_websocket import ConnectionClosed, Server
 
 from traffic_celery import names
 from traffic_celery.capture.sources import UrlRefused, check_url, probe
-from traffic_celery.protocol import (CameraState, CameraStatus, ClientMessageType, ErrorCode, ErrorEvent, EventType,
-                                     encode)
+from traffic_celery.protocol import (
+    CameraState,
+    CameraStatus,
+    ClientMessageType,
+    ErrorCode,
+    ErrorEvent,
+    EventType,
+    encode,
+)
 from traffic_celery.registry import CameraConfig
 
 from .hub import Client
@@ -81,7 +89,7 @@ def _current_status(rt: Runtime, client: Client, camera_id: str, note: str) -> N
 def _start_stream(rt: Runtime, client: Client, data: dict[str, Any]) -> None:
     camera_id = _camera_id(data)
     url = _url(rt, data, camera_id)
-    config = CameraConfig(camera_id=camera_id, url=url, frame_interval=_frame_interval(data, camera_id))
+    config = CameraConfig(cameraId=camera_id, url=url, frameInterval=_frame_interval(data, camera_id))
     client.watch(camera_id)  # subscribe first, so the camera's first status reaches this client
     previous = rt.cameras.put(config)  # the capture node holding (or claiming) the camera does the rest
     if previous is not None and previous.same_source(config) and previous.enabled:
@@ -134,8 +142,9 @@ def handle_message(rt: Runtime, client: Client, raw: Any) -> None:
     try:
         size = len(raw.encode()) if isinstance(raw, str) else len(raw)
         if size > MAX_MESSAGE:
-            raise MessageRefused(ErrorCode.MESSAGE_TOO_LARGE, f"message of {size} bytes refused: the largest accepted is "
-                                f"{MAX_MESSAGE} bytes (messages are small JSON objects)")
+            raise MessageRefused(ErrorCode.MESSAGE_TOO_LARGE,
+                                 f"message of {size} bytes refused: the largest accepted is "
+                                 f"{MAX_MESSAGE} bytes (messages are small JSON objects)")
         try:
             msg = json.loads(raw)
         except (TypeError, ValueError):
@@ -146,7 +155,7 @@ def handle_message(rt: Runtime, client: Client, raw: Any) -> None:
         data = msg.get("data", {})
         if not isinstance(data, dict):
             raise MessageRefused(ErrorCode.INVALID_MESSAGE, "'data' must be an object")
-        handler = HANDLERS.get(msg["type"])  # type: ignore[call-overload]  # a str-Enum key matches its str
+        handler = HANDLERS.get(msg["type"])  # a str-Enum key matches its str
         if handler is None:
             raise MessageRefused(ErrorCode.UNKNOWN_TYPE, f"unknown message type {msg['type'][:40]!r}; "
                                 f"expected one of {sorted(t.value for t in HANDLERS)}")
@@ -160,15 +169,16 @@ def handle_message(rt: Runtime, client: Client, raw: Any) -> None:
                                                        message=f"the server failed: {exc}")))
 
 
-@sock.route("/ws", bp=bp)
-def websocket(ws) -> None:
+@sock.route("/ws", bp=bp)  # type: ignore[untyped-decorator]  # flask-sock is untyped
+def websocket(ws: Server) -> None:
     rt = runtime(current_app)
     rt.hub.ensure_started()
     client = rt.hub.add(ws)
     try:
-        client.send(encode(EventType.CONNECTION_ACK, {"clientId": client.id, "sampleVideo": str(rt.settings.sample_video),
-                                             "frameInterval": rt.settings.frame_interval,
-                                             "process": os.getpid()}))
+        client.send(encode(EventType.CONNECTION_ACK, {"clientId": client.id,
+                                                      "sampleVideo": str(rt.settings.sample_video),
+                                                      "frameInterval": rt.settings.frame_interval,
+                                                      "process": os.getpid()}))
         while not client.closed.is_set():
             raw = ws.receive(timeout=1.0)
             if raw is not None:

@@ -19,17 +19,17 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Optional
+from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from traffic_celery import store
-from traffic_celery.protocol import Assessment, ErrorCode, ErrorEvent, EventType, Job
 from traffic_celery.llm import client as llm_client
 from traffic_celery.llm import schema
 from traffic_celery.llm.keys import ApiKey
 from traffic_celery.llm.router import NoKeyAvailable
+from traffic_celery.protocol import Assessment, ErrorCode, ErrorEvent, EventType, Job
 from traffic_celery.settings import get_settings
 from traffic_celery.telemetry import instruments
 from workers.context import key_pool, limiter, redis_client, router
@@ -86,7 +86,7 @@ def _move_or_wait(task: Task, job: Job, key: ApiKey, wait: float) -> Retry:
     raise task.retry(countdown=wait, max_retries=None)
 
 
-@shared_task(bind=True, name="workers.assess.assess_group", max_retries=None, acks_late=True)
+@shared_task(bind=True, name="workers.assess.assess_group", max_retries=None, acks_late=True)  # type: ignore[untyped-decorator]  # celery is untyped
 def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
     """Call the LLM for one group and return the :class:`~traffic_celery.protocol.Assessment` (as JSON)."""
     settings = get_settings()
@@ -108,7 +108,7 @@ def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
                                      f"raise TC_IMAGE_TTL or add workers")
     call = llm_client.prepare(key, settings.llm_base_url, settings.llm_model, schema.build_messages(
         job.groupIndex, job.memberTrackIds, job.features.to_wire(), jpeg))
-    first_call_at: Optional[float] = job.startedAt
+    first_call_at: float | None = job.startedAt
     if slot_at > time.monotonic():
         time.sleep(slot_at - time.monotonic())  # this call's own slot: one sleeper per slot, no herd
     blocked = limiter().blocked(key) if grant.wait > 0 else None  # cooling started while this call waited?

@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@after_setup_logger.connect
-@after_setup_task_logger.connect
+@after_setup_logger.connect  # type: ignore[untyped-decorator]  # celery is untyped
+@after_setup_task_logger.connect  # type: ignore[untyped-decorator]  # celery is untyped
 def _mask_secrets(logger: Any, **_kwargs: Any) -> None:
     install_secret_filter(logger)

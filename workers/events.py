@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Optional
+from typing import Any
 
 import redis
 from celery import bootsteps
@@ -30,12 +30,12 @@ logger = logging.getLogger(__name__)
 PRESENCE_INTERVAL = 2.0
 
 
-class Consumer(CeleryConsumer):
-    def connection_for_write(self, url: Optional[str] = None, heartbeat: Optional[float] = None) -> Any:
+class Consumer(CeleryConsumer):  # type: ignore[misc]  # celery is untyped
+    def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> Any:
         return super().connection_for_write(url=url or get_settings().effective_events_url, heartbeat=heartbeat)
 
 
-class Presence(bootsteps.StartStopStep):
+class Presence(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped
     """Keeps `tc:worker:<hostname>` alive while the worker consumes its queues."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)

@@ -18,7 +18,7 @@ from traffic_celery.telemetry import instruments
 from workers.context import redis_client
 
 
-@shared_task(name="workers.results.on_assessment", acks_late=True)
+@shared_task(name="workers.results.on_assessment", acks_late=True)  # type: ignore[untyped-decorator]  # celery is untyped
 def on_assessment(result: dict[str, Any]) -> None:
     """Store and publish the assessment `assess_group` returned (validated here, where it is read)."""
     assessed_at = time.time()

@@ -31,25 +31,25 @@ def _queue(task: Any) -> str:
     return str(info.get("routing_key") or "unknown")
 
 
-@worker_init.connect
+@worker_init.connect  # type: ignore[untyped-decorator]  # celery is untyped
 def _on_worker_init(**_kwargs: Any) -> None:
     settings = get_settings()
     instruments.configure(settings)
     instruments.serve(settings)  # the figures kept in Redis (per key, scheduler) are the web tier's to serve
 
 
-@worker_process_shutdown.connect
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]  # celery is untyped
 def _on_child_exit(pid: int, **_kwargs: Any) -> None:
     instruments.process_exited(pid)
 
 
-@task_prerun.connect
+@task_prerun.connect  # type: ignore[untyped-decorator]  # celery is untyped
 def _on_start(task_id: str = "", task: Any = None, **_kwargs: Any) -> None:
     _started[task_id] = time.monotonic()
     instruments.get().tasks_started.labels(_queue(task), task.name).inc()
 
 
-@task_postrun.connect
+@task_postrun.connect  # type: ignore[untyped-decorator]  # celery is untyped
 def _on_end(task_id: str = "", task: Any = None, state: str = "", **_kwargs: Any) -> None:
     metrics = instruments.get()
     started = _started.pop(task_id, None)
@@ -59,12 +59,12 @@ def _on_end(task_id: str = "", task: Any = None, state: str = "", **_kwargs: Any
         metrics.tasks_succeeded.labels(_queue(task), task.name).inc()
 
 
-@task_failure.connect
+@task_failure.connect  # type: ignore[untyped-decorator]  # celery is untyped
 def _on_failure(sender: Any = None, **_kwargs: Any) -> None:
     instruments.get().tasks_failed.labels(_queue(sender), sender.name).inc()
 
 
-@task_retry.connect
+@task_retry.connect  # type: ignore[untyped-decorator]  # celery is untyped
 def _on_retry(sender: Any = None, request: Any = None, **_kwargs: Any) -> None:
     info = getattr(request, "delivery_info", None) or {}
     instruments.get().tasks_retried.labels(str(info.get("routing_key") or "unknown"), sender.name).inc()

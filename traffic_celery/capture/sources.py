@@ -25,9 +25,9 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 from urllib.parse import unquote, urlparse
 
 import cv2
@@ -151,12 +151,13 @@ class SourceOptions:
     retry_unopened: bool = False  # retry a source that has never opened (a camera that worked before)
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: object) -> "SourceOptions":
-        values = dict(open_timeout=settings.source_open_timeout, read_timeout=settings.source_read_timeout,
-                      loop_files=settings.loop_files, pace=settings.file_pace,
-                      reconnect_initial=settings.reconnect_initial, reconnect_max=settings.reconnect_max)
+    def from_settings(cls, settings: Settings, **overrides: object) -> SourceOptions:
+        values: dict[str, object] = dict(
+            open_timeout=settings.source_open_timeout, read_timeout=settings.source_read_timeout,
+            loop_files=settings.loop_files, pace=settings.file_pace,
+            reconnect_initial=settings.reconnect_initial, reconnect_max=settings.reconnect_max)
         values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]  # overrides are checked by the dataclass's fields
 
 
 def open_capture(url: str, options: SourceOptions = SourceOptions()) -> cv2.VideoCapture:
@@ -215,20 +216,20 @@ class FrameSource:
     good (`ended` says why)."""
 
     def __init__(self, url: str, options: SourceOptions = SourceOptions(),
-                 on_state: Optional[StateCallback] = None, on_reconnect: Optional[Callable[[], None]] = None):
+                 on_state: StateCallback | None = None, on_reconnect: Callable[[], None] | None = None):
         self.url = url
         self.options = options
         self._file = is_file_source(url)
         self.fast = self._file and options.pace == "fast"  # every frame handed over, none skipped
         self._on_state = on_state or (lambda state, message: None)
         self._on_reconnect = on_reconnect or (lambda: None)
-        self._frame: Optional[np.ndarray] = None
+        self._frame: np.ndarray | None = None
         self._seq = 0
         self._taken = 0
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._finished = False
-        self.ended: Optional[str] = None  # why the source is over for good; None while it may still deliver
+        self.ended: str | None = None  # why the source is over for good; None while it may still deliver
         self.frames_read = 0
         self.reconnects = 0
         self._position = 0.0  # seconds into a file's timeline (growing across loops), of the newest frame
@@ -236,7 +237,7 @@ class FrameSource:
         self._taken_position = 0.0
         self._thread = threading.Thread(target=self._run, name=f"reader-{url[:40]}", daemon=True)
 
-    def start(self) -> "FrameSource":
+    def start(self) -> FrameSource:
         self._thread.start()
         return self
 
@@ -256,7 +257,7 @@ class FrameSource:
                     if not opened_once and not self.options.retry_unopened:
                         self._finish(str(exc))
                         return
-                    reason = str(exc)
+                    reason: str | None = str(exc)
                 else:
                     opened_once, attempt = True, 0
                     self._set_state(ONLINE, f"streaming {self.url}")
@@ -286,7 +287,7 @@ class FrameSource:
         self.ended = reason
         self._set_state(OFFLINE, reason)
 
-    def _read_all(self, cap: cv2.VideoCapture) -> Optional[str]:
+    def _read_all(self, cap: cv2.VideoCapture) -> str | None:
         """Read until stopped (None) or until the stream fails (the reason). A looped file rewinds."""
         fps = cap.get(cv2.CAP_PROP_FPS)
         frame_time = 1.0 / fps if self._file and 0 < fps < 240 else 0.0  # a file's own seconds per frame
@@ -323,7 +324,7 @@ class FrameSource:
         with self._cond:
             return self._taken_position
 
-    def newest(self, after_seq: int, timeout: float) -> tuple[Optional[np.ndarray], int]:
+    def newest(self, after_seq: int, timeout: float) -> tuple[np.ndarray | None, int]:
         """The newest frame if it is newer than `after_seq`, waiting up to `timeout`; (None, seq) otherwise."""
         with self._cond:
             self._cond.wait_for(lambda: self._seq > after_seq or self._finished, timeout)
