@@ -194,6 +194,8 @@ def base_env(redis_server, tmp_path_factory) -> dict[str, str]:
         "YOLO_CONFIG_DIR": str(tmp_path_factory.mktemp("ultralytics")),
         # every process of the session writes its metrics here, so the web tier's /metrics shows the workers too
         "TC_METRICS_DIR": str(tmp_path_factory.mktemp("metrics")),
+        # the incident history of the session's processes: a SQLite file of its own
+        "TC_DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('history') / 'incidents.db'}",
     })
     return env
 
@@ -312,5 +314,6 @@ def sample_video() -> Path:
 
 
 @pytest.fixture()
-def settings(redis_server) -> Settings:
-    return Settings(redis_url=redis_server.url, llm_api_keys=TEST_KEYS)
+def settings(redis_server, tmp_path) -> Settings:
+    return Settings(redis_url=redis_server.url, llm_api_keys=TEST_KEYS,
+                    database_url=f"sqlite:///{tmp_path / 'incidents.db'}")

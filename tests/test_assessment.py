@@ -1,4 +1,4 @@
-"""The reply parser accepts the schema of DESIGN.md, in prose or fences, and rejects everything else clearly."""
+"""The reply parser accepts the project's reply schema, in prose or fences, and rejects everything else clearly."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import requests
 from traffic_celery import names, store
 from traffic_celery.broker.config import producer_app
 from traffic_celery.embedded_redis import free_port
+from traffic_celery.llm import budget
 from traffic_celery.llm.dispatch import Dispatcher
 from traffic_celery.llm.keys import KeyPool
 from traffic_celery.llm.limiter import KeyLimiter
@@ -222,7 +223,8 @@ def test_worker_killed_mid_call_redelivers_once_and_the_lease_expires(pool_syste
 def test_task_arguments_carry_the_key_id_never_the_secret(pool_system):
     system = pool_system({"a": {"qps": 5}, "b": {"qps": 5}}, ["--latency", "0.05"], workers=0)
     system.enqueue(2)
-    raw = b"".join(system.r.lrange("llm.a", 0, -1) + system.r.lrange("llm.b", 0, -1))
+    raw = b"".join(m for q in (*budget.priority_queues("llm.a"), *budget.priority_queues("llm.b"))
+                   for m in system.r.lrange(q, 0, -1))  # one Redis list per priority step
     assert raw.count(b"assess_group") == 2
     assert b'"keyId"' in raw or b'keyId' in raw
     for secret in SECRETS.values():

@@ -146,3 +146,17 @@ def test_tolerance_catches_up_a_late_grant_but_never_bunches_more(r):
     # the first grant counts as 50 ms early (the tolerance), so the schedule is 0, 0.05, 0.15, 0.25 from now
     assert waits == pytest.approx([0.0, 0.05, 0.15, 0.25], abs=0.02)
     assert waits[-1] - waits[0] >= 3 * 0.1 - 0.05 - 0.02  # q calls never span less than (q-1)T - tolerance
+
+
+def test_router_counts_every_priority_list_of_a_queue(r):
+    """With priorities, kombu keeps one Redis list per priority step: a queue's depth is their sum (the router
+    once read only the plain list, where just priority 0 lands)."""
+    from traffic_celery.llm import budget
+
+    keys = [key("p", qps=2, rpm=10_000)]
+    router = Router(r, KeyPool(keys), KeyLimiter(r), "least_loaded", broker=r)
+    lists = budget.priority_queues("llm.p")
+    assert lists[0] == "llm.p" and len(lists) == 10
+    r.rpush(lists[0], "urgent")
+    r.rpush(lists[9], "reassess", "reassess")
+    assert router.loads(keys)[0].queued == 3

@@ -197,3 +197,146 @@ def test_the_alert_feed_shows_only_the_selected_camera(browser, web, sample_vide
         assert page.inner_text("#alert-count") == str(len(shown))
     finally:
         page.close()
+
+
+def test_page_edits_zones_and_calibration_and_shows_incidents(browser, web, sample_video):
+    """The traffic-safety layer of the page: the zone editor, the calibration editor (and its badge), the server's
+    message for a bad polygon, the context, and the incidents panel."""
+    from .conftest import wait_for
+
+    camera_id = "zone-cam"
+    r = requests.post(web + "/api/cameras", json={"cameraId": camera_id, "url": str(sample_video)}, timeout=5)
+    assert r.status_code == 201, r.text
+    camera_url = f"{web}/api/cameras/{camera_id}"
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    def click_canvas(points: list[tuple[float, float]]) -> None:
+        box = page.locator("#frame").bounding_box()
+        assert box and box["width"] > 100 and box["height"] > 100
+        for fx, fy in points:  # a position relative to the canvas: the page normalises it by the canvas size
+            page.click("#frame", position={"x": fx * box["width"], "y": fy * box["height"]})
+
+    try:
+        page.goto(web + "/?autostart=0")
+        page.wait_for_selector(f'.card[data-camera="{camera_id}"]', timeout=15_000)
+        page.click(f'.card[data-camera="{camera_id}"] .card-head')
+        page.wait_for_function(f"document.getElementById('live-title').textContent === 'camera {camera_id}'")
+        # frames first: the canvas takes the video's size (and aspect ratio) with the first one
+        page.wait_for_function("Number(document.getElementById('frame').dataset.boxes || 0) > 0", timeout=90_000)
+        assert page.inner_text("#calibration-badge") == "uncalibrated"
+        # clicks on the canvas do nothing until drawing starts
+        click_canvas([(0.5, 0.5)])
+        page.click("#editors > summary")
+        page.wait_for_selector("#zone-draw", state="visible")
+
+        # a zone: four clicks, a name, save; the server has it in fractions of the frame
+        zone_clicks = [(0.10, 0.50), (0.45, 0.52), (0.48, 0.90), (0.08, 0.88)]
+        page.click("#zone-draw")
+        click_canvas(zone_clicks)
+        page.wait_for_function("document.getElementById('draw-hint').textContent.includes('4 points')")
+        page.fill("#zone-name", "crossing")
+        page.click("#zone-save")
+        page.wait_for_selector('#zone-list li[data-name="crossing"]', timeout=10_000)
+        assert page.inner_text("#zone-error") == ""
+        camera = requests.get(camera_url, timeout=5).json()
+        (zone,) = camera["zones"]
+        assert zone["name"] == "crossing" and zone["kind"] == "zone"
+        assert len(zone["points"]) == len(zone_clicks)
+        for (x, y), (fx, fy) in zip(zone["points"], zone_clicks, strict=True):
+            assert abs(x - fx) < 0.01 and abs(y - fy) < 0.01, (zone["points"], zone_clicks)
+
+        # a mask (three clicks), then deleted from the list
+        page.click("#zone-draw")
+        click_canvas([(0.70, 0.05), (0.95, 0.05), (0.95, 0.30)])
+        page.fill("#zone-name", "sky")
+        page.select_option("#zone-kind", "mask")
+        page.click("#zone-save")
+        page.wait_for_selector('#zone-list li.mask[data-name="sky"]', timeout=10_000)
+        assert [z["kind"] for z in requests.get(camera_url, timeout=5).json()["zones"]] == ["zone", "mask"]
+
+        # the calibration: four corners in order around the rectangle, and its size in metres
+        calib_clicks = [(0.30, 0.60), (0.60, 0.60), (0.70, 0.95), (0.20, 0.95)]
+        page.click("#calib-draw")
+        click_canvas(calib_clicks + [(0.5, 0.1)])  # a fifth click is ignored
+        page.fill("#calib-width", "3.5")
+        page.fill("#calib-length", "6")
+        page.click("#calib-save")
+        page.wait_for_function("document.getElementById('calibration-badge').textContent === 'calibrated'",
+                               timeout=10_000)
+        assert page.inner_text("#calib-error") == ""
+        camera = requests.get(camera_url, timeout=5).json()
+        assert camera["calibrated"] is True
+        assert camera["calibration"]["world"] == [[0, 0], [3.5, 0], [3.5, 6], [0, 6]]
+        for (x, y), (fx, fy) in zip(camera["calibration"]["image"], calib_clicks, strict=True):
+            assert abs(x - fx) < 0.01 and abs(y - fy) < 0.01
+
+        # the context, PATCHed
+        page.fill("#camera-context", "school crossing, limit 30 km/h")
+        page.click("#context-save")
+        wait_for(lambda: requests.get(camera_url, timeout=5).json()["context"] == "school crossing, limit 30 km/h",
+                 10, "the context saved")
+
+        # a bow-tie: the server refuses it and its message shows next to the editor; nothing is saved
+        page.click("#zone-draw")
+        bow_tie = [(0.55, 0.40), (0.85, 0.70), (0.85, 0.40), (0.55, 0.70)]
+        click_canvas(bow_tie)
+        page.fill("#zone-name", "bow-tie")
+        page.select_option("#zone-kind", "zone")
+        with page.expect_response(lambda r: r.url.endswith("/zones") and r.request.method == "PUT") as put:
+            page.click("#zone-save")
+        refused = put.value
+        assert refused.status == 400
+        sent = refused.request.post_data_json["zones"]
+        assert [z["name"] for z in sent] == ["crossing", "sky", "bow-tie"]  # the new zone appended to the others
+        page.wait_for_function("document.getElementById('zone-error').textContent.length > 0", timeout=10_000)
+        shown = page.inner_text("#zone-error")
+        assert refused.json()["error"] in shown and "not simple" in shown, (shown, refused.json())
+        assert [z["name"] for z in requests.get(camera_url, timeout=5).json()["zones"]] == ["crossing", "sky"]
+        page.wait_for_timeout(1500)  # a few frames with the zones, the mask and the calibration drawn
+        ARTIFACTS.mkdir(exist_ok=True)
+        for path in ("/tmp/page-zones.png", ARTIFACTS / "page-zones.png"):
+            page.screenshot(path=str(path), full_page=True)
+        page.click("#zone-cancel")
+        assert page.inner_text("#zone-error") == ""
+
+        page.click('#zone-list li[data-name="sky"] .zone-delete')
+        page.wait_for_selector('#zone-list li[data-name="sky"]', state="detached", timeout=10_000)
+        assert [z["name"] for z in requests.get(camera_url, timeout=5).json()["zones"]] == ["crossing"]
+
+        # the calibration cleared: the badge says so
+        page.click("#calib-clear")
+        page.wait_for_function("document.getElementById('calibration-badge').textContent === 'uncalibrated'",
+                               timeout=10_000)
+        assert requests.get(camera_url, timeout=5).json()["calibrated"] is False
+
+        # the incidents panel: filled from GET /api/incidents?cameraId= and live `incident` events
+        listed = requests.get(f"{web}/api/incidents", params={"cameraId": camera_id}, timeout=5)
+        if listed.status_code == 404:
+            # TODO(backend): /api/incidents is not there yet; once it is, this part runs (remove this branch)
+            pytest.skip("the backend has no /api/incidents yet: the incidents panel is untested")
+        assert listed.ok, listed.text
+        items = wait_for(lambda: requests.get(f"{web}/api/incidents", params={"cameraId": camera_id},
+                                              timeout=5).json()["items"], 120, f"an incident of {camera_id}")
+        page.wait_for_selector("#incident-list li.incident", timeout=30_000)
+        shown_ids = page.evaluate("[...document.querySelectorAll('#incident-list li.incident')]"
+                                  ".map((li) => li.dataset.incidentId)")
+        assert str(items[0]["incidentId"]) in shown_ids or len(shown_ids) >= len(items)
+        first = page.locator("#incident-list li.incident").first
+        assert first.get_attribute("data-state") in ("new", "update", "end")
+        text = first.inner_text()
+        assert any(level in text.lower() for level in ("low", "medium", "high"))
+        assert f"camera {camera_id}" in text
+        # an ended incident whose clip is written: a <video> in the item that loads it (VP8 WebM)
+        ended = [i for i in requests.get(f"{web}/api/incidents", params={"cameraId": camera_id}, timeout=5)
+                 .json()["items"] if i.get("clipUrl")]
+        if ended:
+            selector = f'#incident-list li.incident[data-incident-id="{ended[0]["incidentId"]}"] video'
+            page.wait_for_selector(selector, state="attached", timeout=30_000)
+            page.wait_for_function(f"document.querySelector('{selector}').readyState >= 1", timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "page-incidents.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        page.close()
+        requests.delete(camera_url, timeout=5)

@@ -164,8 +164,9 @@ def test_of_two_concurrent_adds_exactly_one_wins(redis_client):
         registry.remove(f"add-{i}")
 
 
-def test_a_camera_whose_source_ended_is_disabled_before_its_lease_is_released(redis_server, redis_client,
-                                                                               tmp_path, detector):
+def test_a_camera_whose_source_ended_is_disabled_before_its_lease_is_released(isolated_redis, tmp_path, detector):
+    # its own database: the session's web tier is a capture node too and could otherwise take the camera
+    redis_client = isolated_redis.client
     media = tmp_path / "media"
     media.mkdir()
     clip = media / "short.avi"
@@ -173,7 +174,7 @@ def test_a_camera_whose_source_ended_is_disabled_before_its_lease_is_released(re
     for _ in range(3):
         writer.write(cv2.resize(cv2.imread(str(ASSETS_BUS)), (320, 240)))
     writer.release()
-    settings = Settings(redis_url=redis_server.url, media_dir=media, loop_files=False, file_pace="fast",
+    settings = Settings(redis_url=isolated_redis.url, media_dir=media, loop_files=False, file_pace="fast",
                         capture_heartbeat=0.1, capture_lease_ttl=5)
     registry = CameraRegistry(redis_client)
     owner = names.owner_key("ends")
@@ -182,7 +183,7 @@ def test_a_camera_whose_source_ended_is_disabled_before_its_lease_is_released(re
     stop = threading.Event()
 
     def monitor() -> None:
-        with redis.Redis.from_url(redis_server.url).monitor() as m:
+        with redis.Redis.from_url(isolated_redis.url).monitor() as m:
             watching.set()
             for entry in m.listen():
                 command = entry["command"]

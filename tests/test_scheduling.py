@@ -132,3 +132,28 @@ def test_a_pedestrian_and_a_vehicle_group_from_further_apart():
     assert group_detections(scene, link_factor=1.0) == []
     (group,) = group_detections(scene, link_factor=1.0, pv_link_factor=1.5)
     assert sorted(group.member_ids) == [2, 3]
+
+
+def with_conflict(severity, ttc):
+    from traffic_celery.protocol import ConflictFacts
+
+    conflict = ConflictFacts(conflictType="vehicle-pedestrian", trackIds=[1, 2], classes=["car", "person"], ttc=ttc,
+                             distance=4.0, minDistance=4.0, units="metric", severity=severity)
+    return GroupFeatures(2, {"car": 1, "person": 1}, 0.8, 0.8, conflict=conflict)
+
+
+def test_a_near_miss_is_asked_at_once_and_again_only_when_it_gets_worse():
+    s = AssessmentScheduler(reassess_interval=60, min_interval=5)
+    assert [r for _, r in s.due([group("g1", [1, 2], with_conflict(None, None))], 0)] == ["appeared"]
+    # medium within the debounce interval: asked at once
+    assert [r for _, r in s.due([group("g1", [1, 2], with_conflict("medium", 1.4))], 0.5)] == ["near_miss"]
+    assert s.due([group("g1", [1, 2], with_conflict("medium", 1.3))], 1.0) == []  # not worse enough, debounced
+    assert [r for _, r in s.due([group("g1", [1, 2], with_conflict("high", 0.9))], 1.5)] == ["near_miss"]
+    # after the debounce, a TTC 30% lower than at the last call is a worsening
+    assert [r for _, r in s.due([group("g1", [1, 2], with_conflict("high", 0.6))], 7.0)] == ["worsened"]
+    assert s.due([group("g1", [1, 2], with_conflict("high", 0.55))], 13.0) == []
+
+
+def test_a_new_group_already_in_a_near_miss_is_asked_as_one():
+    s = AssessmentScheduler()
+    assert [r for _, r in s.due([group("g9", [1, 2], with_conflict("high", 0.8))], 0)] == ["near_miss"]

@@ -23,6 +23,7 @@ from typing import IO
 
 import requests
 
+from traffic_celery import demo
 from traffic_celery.embedded_redis import resolve_redis
 from traffic_celery.logs import setup_logging
 from traffic_celery.settings import REPO_ROOT, Settings, get_settings
@@ -106,6 +107,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--log-dir", type=Path, default=None, help="write each process's output to a file here "
                         "instead of this terminal")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
+    parser.add_argument("--no-demo-cameras", action="store_true", help="do not register the demo cameras "
+                        "(the sample video and the synthetic near-miss scene) when the registry is empty")
     args = parser.parse_args(argv)
     settings = get_settings()
     setup_logging(settings, "launcher")
@@ -138,6 +141,11 @@ def main(argv: list[str]) -> int:
             host = settings.web_host if settings.api_token else "127.0.0.1"  # web/auth.py: loopback without token
             url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{settings.web_port}/"
             wait_ready(url + "api/health", children, args.ready_timeout)
+            if not args.no_demo_cameras:
+                try:
+                    demo.seed(url.rstrip("/"), settings)
+                except (requests.RequestException, RuntimeError) as exc:
+                    logger.warning("could not add the demo cameras (%s); add cameras on the page", exc)
             hint = "  (the page asks for TC_API_TOKEN)" if settings.api_token else ""
             print(f"traffic_celery is running: open {url}{hint}  (Redis {redis_url}; Ctrl-C stops everything)",
                   flush=True)

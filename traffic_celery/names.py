@@ -1,4 +1,4 @@
-"""Redis key, channel and queue names of DESIGN.md, in one place. Every Redis key starts with `tc:`."""
+"""Redis key, channel and queue names of the system, in one place. Every Redis key starts with `tc:`."""
 
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ def latest_key(camera_id: str) -> str:
 
 def alerts_key(camera_id: str) -> str:
     return f"tc:camera:{camera_id}:alerts"
+
+
+def verdicts_key(camera_id: str) -> str:
+    """Verdicts on their way to the camera's incident tracker (a list the capture loop drains every frame)."""
+    return f"tc:camera:{camera_id}:verdicts"
 
 
 def events_channel(camera_id: str) -> str:

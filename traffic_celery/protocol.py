@@ -23,6 +23,10 @@ from typing import Any, Literal, TypedDict
 from pydantic import BaseModel, ConfigDict, Field
 
 RiskLevel = Literal["none", "low", "medium", "high"]
+Severity = Literal["low", "medium", "high"]
+Units = Literal["metric", "relative"]
+ConflictType = Literal["vehicle-pedestrian", "vehicle-cyclist", "vehicle-vehicle"]
+SEVERITY_RANK: dict[str, int] = {"none": 0, "low": 1, "medium": 2, "high": 3}
 
 
 class EventType(StrEnum):
@@ -36,6 +40,7 @@ class EventType(StrEnum):
     STREAM_STOPPED = "stream_stopped"
     DETECTION_RESULT = "detection_result"
     RISK_ASSESSMENT = "risk_assessment"
+    INCIDENT = "incident"
     ERROR = "error"
 
 
@@ -135,8 +140,30 @@ class ErrorEvent(_Wire):
     keyId: str | None = None
 
 
+class ConflictFacts(_Wire):
+    """The near-miss metrics of one pair of road users (`traffic_celery.safety.conflicts`).
+
+    Units: with a calibrated camera (`units` "metric") distances are metres and speeds km/h; without, distances
+    are heights of the smaller object and speeds heights/s ("relative"). Times are seconds either way: TTC and
+    PET are ratios and keep their meaning without calibration."""
+
+    conflictType: ConflictType
+    trackIds: list[int]
+    classes: list[str]
+    ttc: float | None = None  # time to collision at constant velocities; None: not on a collision course
+    pet: float | None = None  # post-encroachment time at the crossing point of the two paths; None: no crossing
+    distance: float  # now
+    minDistance: float  # smallest distance seen between the two since the pair appeared
+    relativeSpeed: float | None = None  # closing speed (> 0: closing)
+    speeds: dict[str, float] = Field(default_factory=dict)  # track id -> its speed
+    units: Units
+    severity: Severity | None = None  # by the thresholds in settings; None: not a near miss
+    point: list[float] | None = None  # image point (pixels) of the conflict: the crossing point or the midpoint
+
+
 class GroupFacts(_Wire):
-    """What the detector measured about a group, in object heights (see `vision.types.GroupFeatures`)."""
+    """What the detector measured about a group, in object heights (see `vision.types.GroupFeatures`), its zones
+    and, when it has a pair with a vehicle, its worst pair's near-miss metrics."""
 
     objectCount: int
     classCounts: dict[str, int]
@@ -144,6 +171,8 @@ class GroupFacts(_Wire):
     pedestrianVehicleGap: float | None = None
     approachSpeed: float | None = None
     timeToContact: float | None = None
+    zones: list[str] = Field(default_factory=list)
+    conflict: ConflictFacts | None = None
 
 
 class Job(_Wire):
@@ -158,6 +187,9 @@ class Job(_Wire):
     memberTrackIds: list[int]
     frameTimestamp: float
     reason: str
+    context: str | None = None  # the camera's own words for the prompt ("school crossing, limit 30 km/h")
+    incidentId: str | None = None  # the open incident of this group when the job was made
+    priority: int = Field(default=5, ge=0, le=9)  # 0 most urgent (`traffic_celery.llm.budget`)
     keyId: str = ""  # set by the dispatcher (the router's choice)
     enqueuedAt: float = 0.0
     failures: int = Field(default=0, ge=0)  # provider failures so far (retried with backoff)
@@ -190,6 +222,52 @@ class Assessment(_Wire):
     moves: int = 0
     imageKey: str | None = None
     assessedAt: float | None = None
+    incidentId: str | None = None
+    reason: str | None = None
+    memberTrackIds: list[int] = Field(default_factory=list)
+
+
+class IncidentState(StrEnum):
+    NEW = "new"
+    UPDATE = "update"
+    END = "end"
+
+
+class Verdict(_Wire):
+    """One LLM verdict kept with an incident."""
+
+    taskId: str
+    riskLevel: RiskLevel
+    riskTypes: list[str] = Field(default_factory=list)
+    description: str
+    confidence: float
+    llmModel: str
+    apiKeyId: str
+    at: float
+
+
+class Incident(_Wire):
+    """`incident` events (`state` new, update, end) and what the history keeps: one near miss or dangerous
+    verdict, from its start to its end, with its worst metrics and every verdict. The same payload goes to
+    WebSocket clients (and, later, MQTT and webhooks)."""
+
+    incidentId: str
+    cameraId: str
+    state: IncidentState
+    severity: Severity
+    openedBy: Literal["near_miss", "verdict"]
+    startedAt: float
+    updatedAt: float
+    endedAt: float | None = None
+    groupId: str | None = None
+    zones: list[str] = Field(default_factory=list)
+    classes: list[str] = Field(default_factory=list)
+    trackIds: list[int] = Field(default_factory=list)
+    conflictType: ConflictType | None = None
+    metrics: ConflictFacts | None = None  # the worst moment (lowest TTC, else lowest PET, else closest)
+    verdicts: list[Verdict] = Field(default_factory=list)
+    snapshotUrl: str | None = None
+    clipUrl: str | None = None
 
 
 class KeyState(TypedDict):

@@ -15,13 +15,15 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from traffic_celery import names
 from traffic_celery.protocol import CameraState, CameraStatus, EventType, StreamStopped, encode
+from traffic_celery.safety.calibration import Calibration
+from traffic_celery.safety.zones import Zone, ZoneSet
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +49,21 @@ class CameraConfig(BaseModel):
     enabled: bool = True  # false: registered but stopped (by an operator, or because its source is over)
     verified: bool = False  # the source has opened once: later open failures are retried, not final
     added_at: float = Field(default_factory=time.time, alias="addedAt")
+    # the safety layer: changed live, without restarting the camera's loop
+    zones: list[Zone] = Field(default_factory=list)  # zones and masks (kind), normalised image coordinates
+    calibration: Calibration | None = None  # to the ground plane; None: metrics stay in relative units
+    context: str | None = Field(default=None, max_length=300)  # told to the LLM: "school crossing, limit 30 km/h"
+    detector: Literal["yolo", "colour"] = "yolo"  # colour: the synthetic scene's road users (safety.synthetic)
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_zone_names(cls, zones: list[Zone]) -> list[Zone]:
+        ZoneSet(zones)  # ValueError on repeated names
+        return zones
 
     def same_source(self, other: CameraConfig) -> bool:
-        return self.url == other.url and self.frame_interval == other.frame_interval
+        return self.url == other.url and self.frame_interval == other.frame_interval \
+            and self.detector == other.detector
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True)
@@ -257,7 +271,12 @@ class CameraRegistry:
             entry: dict[str, Any] = {"cameraId": cid, "url": config.url, "frameInterval": config.frame_interval,
                                      "enabled": config.enabled, "node": owner.decode() if owner else None,
                                      "state": status.get("state", default_state),
-                                     "message": status.get("message", "")}
+                                     "message": status.get("message", ""),
+                                     "zones": [z.model_dump(mode="json") for z in config.zones],
+                                     "calibration": config.calibration.model_dump(mode="json")
+                                     if config.calibration else None,
+                                     "calibrated": config.calibration is not None, "context": config.context,
+                                     "detector": config.detector}
             for key in ("framesAnalysed", "tasksEnqueued", "reconnects"):
                 if key in status:
                     entry[key] = json.loads(status[key])

@@ -116,6 +116,38 @@ class Settings(BaseSettings):
                                      "and registry checks; keep it well under capture_lease_ttl.")
     capture_max_cameras: int = Field(default=16, ge=1, le=1000, description="Cameras one capture node runs at most.")
 
+    # --- The safety layer: near misses, incidents, history ---------------------------------------------------
+    # Thresholds from the surrogate-safety literature: a TTC of 1.5 s or less marks a serious conflict in urban
+    # traffic (Hayward 1972; van der Horst 1990, the Swedish and Dutch conflict techniques), 1.0 s or less a
+    # critical one; a PET under 1.0 s is a serious encroachment (Allen, Shin & Cooper 1978), under 0.5 s a
+    # critical one.
+    conflict_ttc_medium: float = Field(default=1.5, gt=0, le=30, description="A pair on a collision course within this "
+                                       "many seconds (TTC) is a near miss of severity medium.")
+    conflict_ttc_high: float = Field(default=1.0, gt=0, le=30, description="... of severity high (TTC).")
+    conflict_pet_medium: float = Field(default=1.0, gt=0, le=30, description="Two road users passing the same point "
+                                       "within this many seconds (PET) are a near miss of severity medium.")
+    conflict_pet_high: float = Field(default=0.5, gt=0, le=30, description="... of severity high (PET).")
+    conflict_ttc_low: float = Field(default=3.0, gt=0, le=60, description="TTC under this is reported (severity low) "
+                                    "and sent to the LLM, but opens no incident.")
+    conflict_horizon: float = Field(default=5.0, gt=0, le=60, description="Seconds ahead the constant-velocity "
+                                    "prediction looks (a crossing further ahead has no PET).")
+    track_smoothing_window: float = Field(default=1.5, gt=0, le=10, description="Seconds of a track's positions "
+                                          "fitted (least squares) for its smoothed position and velocity.")
+    incident_quiet: float = Field(default=3.0, gt=0, le=600, description="An incident ends when nothing kept it "
+                                  "open (a near miss of its pair, a verdict of medium or high) for this many seconds.")
+    clip_pre: float = Field(default=3.0, ge=0, le=60, description="Seconds of video before an incident in its clip.")
+    clip_post: float = Field(default=3.0, ge=0, le=60, description="Seconds of video after an incident in its clip.")
+    clip_max: float = Field(default=30.0, gt=1, le=600, description="Longest clip, seconds (a long incident keeps "
+                            "its first seconds and the post-roll).")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL of the incident history, for example "
+                                     "postgresql+psycopg://user@host/db; unset: the SQLite file "
+                                     ".run/traffic_celery.db.")
+    incident_retention_days: float = Field(default=30.0, gt=0, description="Incidents (with clips and snapshots) "
+                                           "older than this are deleted (checked hourly by the web tier).")
+    budget_shed_wait: float = Field(default=5.0, gt=0, le=600, description="Periodic re-assessments are shed "
+                                    "(counted, not sent) while the chosen key's expected wait is above this many "
+                                    "seconds, or when one has waited in a queue longer than this.")
+
     # --- LLM ------------------------------------------------------------------------------------------------
     llm_keys_file: Path | None = Field(default=None,
                                        description="YAML file of API keys (see config/keys.example.yaml).")
@@ -200,6 +232,10 @@ class Settings(BaseSettings):
     def events_on_broker(self) -> bool:
         """Whether monitoring events travel on the broker, so Celery sends `task-sent` itself."""
         return self.effective_events_url == self.effective_broker_url
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{REPO_ROOT / '.run' / 'traffic_celery.db'}"
 
     @property
     def model_path(self) -> str:

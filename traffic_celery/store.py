@@ -48,21 +48,32 @@ if crop then redis.call('SET', KEYS[6], crop, 'EX', tonumber(ARGV[5])) end
 redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[3]))
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', tonumber(ARGV[4]), '*', 'assessment', ARGV[1])
 redis.call('PUBLISH', KEYS[4], ARGV[2])
+if ARGV[6] == '1' then
+  redis.call('RPUSH', KEYS[7], ARGV[1])
+  redis.call('LTRIM', KEYS[7], -1000, -1)
+  redis.call('EXPIRE', KEYS[7], 3600)
+end
 return 1
 """
+INCIDENT_RISK = ("medium", "high")  # verdicts that open an incident (or keep one open)
 
 
 def store_assessment(r: redis.Redis, assessment: Assessment, snapshot_ttl: int = 7 * 86400) -> bool:
     """Keep the camera's latest assessment (TTL), append it to its capped alert history, keep a copy of its crop
     as the alert's snapshot (`tc:snap:<camera id>:<task id>`, `snapshot_ttl`) and publish `risk_assessment`, all
-    in one atomic step, once per task id. False if it was done already."""
+    in one atomic step, once per task id. A verdict that matters to incidents (medium or high, or about a group
+    with an open incident) is also queued for the camera's capture loop (`tc:camera:<id>:verdicts`), in the same
+    step: an incident gets each verdict once, however often the callback is delivered. False if it was done
+    already."""
     camera_id, task_id = assessment.cameraId, assessment.taskId
     data = assessment.model_dump(mode="json", exclude_none=True)
     keys = [f"tc:done:{task_id}", names.latest_key(camera_id), names.alerts_key(camera_id),
             names.events_channel(camera_id), assessment.imageKey or "tc:img:none",
-            names.snapshot_key(camera_id, task_id)]
+            names.snapshot_key(camera_id, task_id), names.verdicts_key(camera_id)]
+    for_incidents = assessment.riskLevel in INCIDENT_RISK or assessment.incidentId is not None
     done = r.eval(_STORE_ONCE, len(keys), *keys, json.dumps(data, separators=(",", ":")),
-                  encode(EventType.RISK_ASSESSMENT, data), LATEST_TTL, ALERTS_MAXLEN, snapshot_ttl)
+                  encode(EventType.RISK_ASSESSMENT, data), LATEST_TTL, ALERTS_MAXLEN, snapshot_ttl,
+                  "1" if for_incidents else "0")
     return bool(done)
 
 

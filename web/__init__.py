@@ -16,6 +16,7 @@ from flask import Flask
 
 from traffic_celery.broker.config import producer_app
 from traffic_celery.capture.node import build_capture_node
+from traffic_celery.history.store import History
 from traffic_celery.llm.keys import KeyPool
 from traffic_celery.llm.router import build_router
 from traffic_celery.redis_conn import connect
@@ -25,6 +26,7 @@ from traffic_celery.telemetry import instruments
 from traffic_celery.telemetry.collectors import AssessmentCollector, KeyPoolCollector
 from web.health import DeepHealth
 from web.hub import EventHub
+from web.retention import Retention
 from web.runtime import EXTENSION, Runtime, runtime
 from web.sock import sock
 
@@ -55,17 +57,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     router = build_router(settings, r, pool)
     registry = instruments.registry(KeyPoolCollector(pool, router.limiter, router), AssessmentCollector(r))
     node = build_capture_node(settings, r, router) if settings.capture_in_web else None
+    history = History.from_settings(settings)
     app.extensions[EXTENSION] = Runtime(settings=settings, redis=r, hub=EventHub(settings),
                                         cameras=CameraRegistry(r), node=node, keys=pool, router=router,
                                         metrics=registry,
-                                        health=DeepHealth(settings, producer_app(settings), pool, r))
+                                        health=DeepHealth(settings, producer_app(settings), pool, r),
+                                        history=history,
+                                        retention=Retention(history, settings.incident_retention_days))
 
-    from web import auth, cameras_api, errors, openapi, routes, ws
+    from web import auth, cameras_api, errors, incidents_api, openapi, routes, ws
 
     errors.install(app)
     auth.install(app, settings)
     app.register_blueprint(routes.bp)
     app.register_blueprint(cameras_api.bp)
+    app.register_blueprint(incidents_api.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(ws.bp)
     sock.init_app(app)

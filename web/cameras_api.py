@@ -8,7 +8,7 @@ schemas; a bad request is `400 {"error": ..., "field": ...}`, an unknown camera 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -27,6 +27,8 @@ from pydantic import (
 from traffic_celery import names, store
 from traffic_celery.capture.sources import UrlRefused, check_url
 from traffic_celery.registry import CameraConfig
+from traffic_celery.safety.calibration import Calibration
+from traffic_celery.safety.zones import Zone, ZoneSet
 
 from .errors import ApiError
 from .runtime import runtime
@@ -46,6 +48,9 @@ class CameraCreate(BaseModel):
                            "or a webcam index 0-63")
     frameInterval: Seconds = Field(None, gt=0, le=60, description="seconds between analysed frames")
     enabled: StrictBool = True
+    context: StrictStr | None = Field(None, max_length=300, description="told to the LLM with every group")
+    detector: Literal["yolo", "colour"] = Field("yolo", description="colour: the synthetic scene's coloured road "
+                                                "users (python -m traffic_celery.safety.synthetic)")
 
     @field_validator("cameraId", mode="before")
     @classmethod
@@ -61,6 +66,8 @@ class CameraChange(BaseModel):
     url: StrictStr | None = Field(None, min_length=1, max_length=2048)
     frameInterval: Seconds = Field(None, gt=0, le=60)
     enabled: StrictBool | None = None
+    context: StrictStr | None = Field(None, max_length=300, description="told to the LLM with every group of this "
+                                      "camera, e.g. 'school crossing, limit 30 km/h'; null clears it")
 
     @field_validator("url", "enabled", mode="before")
     @classmethod
@@ -83,6 +90,8 @@ def parse(model: type[BaseModel]) -> Any:
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else None  # top-level field (a union adds its member's name)
+        if len(err["loc"]) > 1 and isinstance(err["loc"][1], int):  # an item of a list: say which one
+            field = ".".join(str(part) for part in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = f"unknown field; allowed: {sorted(model.model_fields)}"
@@ -121,7 +130,7 @@ def add_camera() -> ResponseReturnValue:
     body: CameraCreate = parse(CameraCreate)
     camera_id = camera_id_of(body.cameraId)
     config = CameraConfig(cameraId=camera_id, url=checked_url(body.url), frameInterval=body.frameInterval,
-                          enabled=body.enabled)
+                          enabled=body.enabled, context=body.context, detector=body.detector)
     if not runtime(current_app).cameras.add(config):  # atomic: of two concurrent adds, one gets the 409
         raise ApiError(409, f"camera {camera_id} exists; change it with PATCH /api/cameras/{camera_id}",
                        "cameraId")
@@ -151,7 +160,8 @@ def change_camera(camera_id: str) -> ResponseReturnValue:
         if current is None:
             return None
         update = {"url": url or current.url, "frame_interval": changes.get("frameInterval", current.frame_interval),
-                  "enabled": changes.get("enabled", current.enabled)}
+                  "enabled": changes.get("enabled", current.enabled),
+                  "context": changes.get("context", current.context)}
         if update["url"] != current.url:
             update["verified"] = False  # a new URL must prove itself
         # validated again as a whole (model_copy would not): nothing malformed reaches the registry
@@ -161,6 +171,49 @@ def change_camera(camera_id: str) -> ResponseReturnValue:
     if previous is None:
         raise ApiError(404, f"no camera {camera_id}; add it with POST /api/cameras", "cameraId")
     return jsonify(entry(camera_id))
+
+
+class ZonesBody(BaseModel):
+    """The camera's whole list of zones and masks (it replaces the list)."""
+
+    model_config = ConfigDict(extra="forbid")
+    zones: list[Zone] = Field(max_length=64)
+
+
+def _geometry_change(camera_id: str, **update: Any) -> ResponseReturnValue:
+    """Change the camera's zones or calibration; its loop picks them up at the next frame (no restart)."""
+    def change(current: CameraConfig | None) -> CameraConfig | None:
+        return None if current is None else CameraConfig.model_validate({**current.model_dump(), **update})
+
+    previous, _current = runtime(current_app).cameras.update(camera_id_of(camera_id), change)
+    if previous is None:
+        raise ApiError(404, f"no camera {camera_id}; add it with POST /api/cameras", "cameraId")
+    return jsonify(entry(camera_id))
+
+
+@bp.put("/<camera_id>/zones")
+def put_zones(camera_id: str) -> ResponseReturnValue:
+    """Replace the camera's zones and masks: `{"zones": [{"name", "kind": "zone"|"mask", "points": [[x, y], ...]}]}`,
+    points as fractions of the frame (0-1), at least three, not crossing."""
+    body: ZonesBody = parse(ZonesBody)
+    try:
+        ZoneSet(body.zones)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), "zones") from None
+    return _geometry_change(camera_id, zones=[z.model_dump() for z in body.zones])
+
+
+@bp.put("/<camera_id>/calibration")
+def put_calibration(camera_id: str) -> ResponseReturnValue:
+    """Calibrate the camera to the ground: `{"image": [[x, y] x4], "world": [[x, y] x4]}`, image points as fractions
+    of the frame, world points in metres, in the same order around a rectangle of known size on the road."""
+    body: Calibration = parse(Calibration)
+    return _geometry_change(camera_id, calibration=body.model_dump())
+
+
+@bp.delete("/<camera_id>/calibration")
+def delete_calibration(camera_id: str) -> ResponseReturnValue:
+    return _geometry_change(camera_id, calibration=None)
 
 
 @bp.delete("/<camera_id>")

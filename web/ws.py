@@ -1,4 +1,4 @@
-"""The `/ws` endpoint: the WebSocket protocol of DESIGN.md.
+"""The `/ws` endpoint: the WebSocket protocol (README, "The web tier").
 
 Every bad message gets an `error {code, message}` reply and the connection stays open (the old system closed the
 socket on a non-numeric camera id). Slow work (opening a camera to probe it) runs off the receive loop.

@@ -22,11 +22,11 @@ import time
 from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 
 from traffic_celery import store
+from traffic_celery.llm import budget, schema
 from traffic_celery.llm import client as llm_client
-from traffic_celery.llm import schema
 from traffic_celery.llm.keys import ApiKey
 from traffic_celery.llm.router import NoKeyAvailable
 from traffic_celery.protocol import Assessment, ErrorCode, ErrorEvent, EventType, Job
@@ -86,12 +86,27 @@ def _move_or_wait(task: Task, job: Job, key: ApiKey, wait: float) -> Retry:
     raise task.retry(countdown=wait, max_retries=None)
 
 
+def _shed_if_stale(task: Task, job: Job) -> None:
+    """A `reassess` job that waited in its queue longer than `TC_BUDGET_SHED_WAIT` (more urgent work went first)
+    is shed: counted (`shed:stale`), no call, no result. `Ignore` acknowledges the message (acks_late or not:
+    Celery's worker acks an ignored task, so it is not redelivered), stores no state and skips the linked
+    `on_assessment`, so clients see nothing for it (`traffic_celery.llm.budget`)."""
+    reason = budget.is_stale(job)
+    if reason is None:
+        return
+    budget.count_shed(redis_client(), reason)
+    logger.info("task %s: shed (%s): a reassess job of camera %s group %s waited %.1fs in its queue",
+                task.request.id, reason, job.cameraId, job.groupId, time.time() - job.enqueuedAt)
+    raise Ignore()
+
+
 @shared_task(bind=True, name="workers.assess.assess_group", max_retries=None, acks_late=True)  # type: ignore[untyped-decorator]  # celery is untyped
 def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
     """Call the LLM for one group and return the :class:`~traffic_celery.protocol.Assessment` (as JSON)."""
     settings = get_settings()
     task_id = self.request.id
     job = Job.model_validate(raw_job)  # a malformed job fails here, naming the field
+    _shed_if_stale(self, job)  # before anything costs: a periodic re-assessment that waited too long
     key = key_pool().get(job.keyId)
     grant = limiter().acquire(key)  # a slot now, or reserved at most TC_LIMIT_MAX_WAIT ahead
     if grant.state in ("cooling", "disabled"):
@@ -107,7 +122,7 @@ def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
         raise _give_up(task_id, job, f"crop {job.imageKey} expired before the assessment; "
                                      f"raise TC_IMAGE_TTL or add workers")
     call = llm_client.prepare(key, settings.llm_base_url, settings.llm_model, schema.build_messages(
-        job.groupIndex, job.memberTrackIds, job.features.to_wire(), jpeg))
+        job.groupIndex, job.memberTrackIds, job.features.to_wire(), jpeg, context=job.context))
     first_call_at: float | None = job.startedAt
     if slot_at > time.monotonic():
         time.sleep(slot_at - time.monotonic())  # this call's own slot: one sleeper per slot, no herd
@@ -160,5 +175,6 @@ def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
         confidence=result.confidence, dangerObjectIds=result.triggerObjectIds,
         llmLatency=round(completion.latency, 4), llmModel=completion.model, apiKeyId=key.id,
         frameTimestamp=job.frameTimestamp, queueWait=round((first_call_at or started) - (job.enqueuedAt or started), 4),
-        moves=job.moves + job.reroutes, imageKey=job.imageKey,
+        moves=job.moves + job.reroutes, imageKey=job.imageKey, incidentId=job.incidentId, reason=job.reason,
+        memberTrackIds=job.memberTrackIds,
     ).to_wire()

@@ -8,8 +8,10 @@ monitoring events through Redis (`TC_EVENTS_URL`), since Kafka has no fanout to 
 the rest.
 
 On a `redis://` broker the transport is :mod:`traffic_celery.broker.redis_transport` (kombu's, with a fix that
-keeps a worker alive when Redis vanishes mid-BRPOP). Producers (the capture side, the web tier) build their app
-with :func:`producer_app`; they send tasks by name and never import the task modules.
+keeps a worker alive when Redis vanishes mid-BRPOP), with task priorities: ten steps, 0 the most urgent (the
+LLM budget, :mod:`traffic_celery.llm.budget`, gives every assessment one). Kafka has no priorities.
+Producers (the capture side, the web tier) build their app with :func:`producer_app`; they send tasks by name and
+never import the task modules.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from celery.signals import after_task_publish
 
 from traffic_celery import names
 from traffic_celery.broker import redis_transport
+from traffic_celery.llm import budget
 from traffic_celery.settings import Settings
 from traffic_celery.telemetry import instruments
 
@@ -34,7 +37,16 @@ def config_for(settings: Settings) -> dict[str, Any]:
         transport_options: dict[str, Any] = {
             "visibility_timeout": settings.visibility_timeout,
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 5)),
-            "unacked_restore_throttle": 1}
+            "unacked_restore_throttle": 1,
+            # task priorities (traffic_celery.llm.budget): one Redis list per step 0..9 per queue, named
+            # `<queue><sep><step>` (step 0 is the queue itself); a worker's BRPOP lists step 0 of all its
+            # queues, then step 1, ..., so the most urgent task of any queue goes first (0 is the highest)
+            "priority_steps": budget.PRIORITY_STEPS,
+            "sep": budget.PRIORITY_SEP,  # kombu's default, explicit: queue depths are read with the same names
+            # among tasks of the same priority, the key queues stay in turn (kombu's default "round_robin"):
+            # "priority" would always serve the first queue of the worker's list first, so one key's tasks
+            # would take the worker slots while another key's wait
+            "queue_order_strategy": "round_robin"}
     else:
         transport_options = {"wait_time_seconds": settings.kafka_poll_interval}
     config: dict[str, Any] = {

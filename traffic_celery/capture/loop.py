@@ -8,7 +8,16 @@ is there), analyses the newest frame and:
 - publishes `detection_result` (with the frame as JPEG/base64) on the camera's channel;
 - asks the camera's :class:`~traffic_celery.vision.scheduling.AssessmentScheduler` which groups are due, stores each
   due group's crop in Redis with a TTL and hands a job per group to `enqueue` (which puts `assess_group` on the
-  chosen key's queue); calls made and saved are counted in `tc:stats:assess`.
+  chosen key's queue); calls made and saved are counted in `tc:stats:assess`;
+- the safety layer: road users get the camera's zones (masked ones are shown but neither grouped nor assessed),
+  speeds and, per pair with a vehicle, near-miss metrics (`safety.conflicts`, in metres on a calibrated camera);
+  a pair at a near-miss threshold that is not one traffic group becomes a group of its own (`pair-<a>-<b>`), so
+  it is assessed at once; the camera's :class:`~traffic_celery.safety.incidents.IncidentTracker` opens, updates
+  and ends incidents from those metrics and from the verdicts the callback queues for it, and the process's
+  recorder (`safety.recorder`) stores and publishes them, with a snapshot and a clip (`safety.clips`).
+
+Zones, masks, calibration and context are read from the registry's config at every frame
+(:meth:`CaptureLoop.reconfigure`): editing them does not restart the camera.
 
 A camera that fails stops only itself, and says why (`camera_status` offline and an `error` event). Redis or
 the broker going away is not a camera failure: the loop keeps running, drops the results of the frames it cannot
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -33,8 +43,12 @@ from numpy.typing import NDArray
 
 from traffic_celery import names, store
 from traffic_celery.capture.sources import FrameSource, SourceOptions
+from traffic_celery.llm import budget
 from traffic_celery.protocol import (
+    SEVERITY_RANK,
+    Assessment,
     CameraState,
+    ConflictFacts,
     ErrorCode,
     ErrorEvent,
     EventType,
@@ -44,14 +58,20 @@ from traffic_celery.protocol import (
     encode,
 )
 from traffic_celery.registry import CameraConfig
+from traffic_celery.safety import clips
+from traffic_celery.safety import recorder as recording
+from traffic_celery.safety.calibration import GroundPlane
+from traffic_celery.safety.conflicts import ConflictMonitor, Thresholds
+from traffic_celery.safety.incidents import Change, IncidentTracker
+from traffic_celery.safety.zones import ZoneSet
 from traffic_celery.settings import Settings
 from traffic_celery.telemetry import instruments
 from traffic_celery.vision.detection import Detector
-from traffic_celery.vision.grouping import GroupIds, group_detections
+from traffic_celery.vision.grouping import GroupIds, group_detections, group_features, union_box
 from traffic_celery.vision.motion import Motion
 from traffic_celery.vision.scheduling import AssessmentScheduler
 from traffic_celery.vision.tracking import Tracker
-from traffic_celery.vision.types import FrameAnalysis, TrafficGroup
+from traffic_celery.vision.types import Detection, FrameAnalysis, TrafficGroup
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +101,7 @@ class CaptureLoop:
 
     def __init__(self, config: CameraConfig, settings: Settings, r: redis.Redis,
                  detector: Callable[[], Detector], enqueue: Enqueue, report: Report | None = None,
-                 on_online: Callable[[], None] | None = None):
+                 on_online: Callable[[], None] | None = None, recorder: recording.Recorder | None = None):
         self.config = config
         self.camera_id = config.camera_id
         self.url = config.url
@@ -105,6 +125,14 @@ class CaptureLoop:
         self._group_ids = GroupIds()
         self._motion = Motion(settings.motion_window)
         self.scheduler = AssessmentScheduler.from_settings(settings)
+        self._recorder = recorder
+        self._zones = ZoneSet(config.zones)
+        self._conflicts = ConflictMonitor(Thresholds.from_settings(settings), settings.track_smoothing_window,
+                                          GroundPlane(config.calibration) if config.calibration else None)
+        self.incidents = IncidentTracker(self.camera_id, settings.incident_quiet)
+        self._ring = clips.FrameRing(settings.clip_pre, settings.clip_pre + settings.clip_max)
+        self._snapshots: dict[str, bytes] = {}  # open incident -> its worst moment, not yet handed over
+        self.incident_events: collections.Counter[str] = collections.Counter()
         self._thread = threading.Thread(target=self._run, name=f"capture-{self.camera_id}", daemon=True)
 
     def start(self) -> CaptureLoop:
@@ -125,6 +153,15 @@ class CaptureLoop:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    def reconfigure(self, config: CameraConfig) -> None:
+        """Take the camera's new zones, masks, calibration and context (same source): used from the next frame."""
+        zones = ZoneSet(config.zones)
+        if config.calibration != self.config.calibration:
+            self._conflicts.set_ground(GroundPlane(config.calibration) if config.calibration else None)
+        self._zones, self.config = zones, config
+        self.log.info("camera %s reconfigured: %d zones/masks, %s", self.camera_id, len(config.zones),
+                      "calibrated" if config.calibration else "uncalibrated")
+
     def _on_state(self, state: CameraState, message: str) -> None:
         if self._stop.is_set():  # a loop being stopped says nothing more: its camera may be stopped or moved
             return
@@ -139,8 +176,13 @@ class CaptureLoop:
             reconnects = instruments.get().camera_reconnects.labels(self.camera_id)
             source = self.source = FrameSource(self.url, options, on_state=self._on_state,
                                                on_reconnect=reconnects.inc).start()
-            detector = self._detector()
-            self._tracker = Tracker()
+            if self.config.detector == "colour":  # the synthetic scene: ids are stable by colour, no tracker
+                from traffic_celery.vision.colour import ColourDetector  # noqa: PLC0415
+
+                detector: Detector | ColourDetector = ColourDetector()
+            else:
+                detector = self._detector()
+                self._tracker = Tracker()
             self.log.info("capture started on %s", self.url)
             seq = 0
             next_at = time.monotonic()
@@ -175,6 +217,7 @@ class CaptureLoop:
                     break
             if self.ended is not None and not self._stop.is_set():
                 self._finish_source()
+            self._flush_incidents()
         except Exception as exc:  # one failing camera must stop only itself, and say why
             self.failed = f"camera {self.camera_id} failed: {exc}"
             self.log.warning("%s", self.failed, exc_info=True)
@@ -202,37 +245,151 @@ class CaptureLoop:
         except redis.RedisError:
             self.log.exception("cannot report the failure of camera %s", self.camera_id)
 
-    def analyse(self, frame: NDArray[np.uint8], detector: Detector, ts: float | None = None) -> FrameAnalysis:
+    def analyse(self, frame: NDArray[np.uint8], detector: Detector | Any, ts: float | None = None) -> FrameAnalysis:
         """Detect, track, group, publish and enqueue the due groups, for one frame taken at `ts` (now)."""
         started = time.monotonic()
         ts = time.time() if ts is None else ts
-        detections = detector.detect(frame, self._tracker)
+        height, width = frame.shape[:2]
+        zones = self._zones
+        detections = [self._place(d, zones, width, height) for d in detector.detect(frame, self._tracker)]
         detected = time.monotonic()
         self.frames_analysed += 1
+        active = [d for d in detections if not d.masked]
+        conflicts = self._conflicts.update(ts, active, width, height)
+        speeds = self._conflicts.speeds()
+        detections = [d if d.track_id not in speeds else dataclasses.replace(d, speed=speeds[d.track_id])
+                      for d in detections]
+        active = [d for d in detections if not d.masked]
         groups = self._group_ids.assign(group_detections(
-            detections, self._settings.group_link_factor, self._settings.min_group_size,
+            active, self._settings.group_link_factor, self._settings.min_group_size,
             motion=self._motion, ts=ts, pv_link_factor=self._settings.group_pv_link_factor))
+        groups = self._with_safety(groups, active, conflicts, ts)
         self._count(detections, len(groups), detected - started)
-        self._motion.observe(ts, detections)
-        analysis = FrameAnalysis(self.camera_id, ts, frame.shape[1], frame.shape[0], detections, groups)
+        self._motion.observe(ts, active)
+        analysis = FrameAnalysis(self.camera_id, ts, width, height, detections, groups,
+                                 units=self._conflicts.units)
+        changes = self.incidents.observe(ts, conflicts, {d.track_id: d.zones for d in active
+                                                         if d.track_id is not None},
+                                         self._pair_groups(groups))
         due = self.scheduler.pending(groups, ts)
+        sent: list[tuple[TrafficGroup, str]] = []
         for group, reason in due:
-            self._enqueue_group(frame, group, ts, reason)
+            try:
+                self._enqueue_group(frame, group, ts, reason)
+                sent.append((group, reason))
+            except budget.Shed as exc:  # the pool is saturated: a periodic re-assessment waits for its next turn
+                self.log.debug("group %s not assessed: %s", group.group_id, exc)
             self.scheduler.assessed(group, reason, ts)  # only now: a failed enqueue leaves the group due
         analysis.process_time = time.monotonic() - started
-        frame_b64 = base64.b64encode(encode_jpeg(frame, self._settings.frame_jpeg_quality)).decode("ascii")
+        jpeg = encode_jpeg(frame, self._settings.frame_jpeg_quality)
+        frame_b64 = base64.b64encode(jpeg).decode("ascii")
         pipe = self._redis.pipeline(transaction=False)
         pipe.publish(names.events_channel(self.camera_id),
                      encode(EventType.DETECTION_RESULT, analysis.to_event(frame_b64)))
-        for _group, reason in due:
+        for _group, reason in sent:  # shed ones are counted as shed (llm.budget), not as calls
             pipe.hincrby(names.ASSESS_STATS, f"calls:{reason}", 1)
         if len(groups) > len(due):
             pipe.hincrby(names.ASSESS_STATS, "saved", len(groups) - len(due))
-        pipe.execute()
+        pipe.lpop(names.verdicts_key(self.camera_id), 100)
+        replies = pipe.execute()
+        seen = {d.track_id: (d.cls, d.zones) for d in active if d.track_id is not None}
+        for raw in replies[-1] or []:
+            changes += self.incidents.verdict(ts, Assessment.model_validate_json(raw), seen)
+        self._ring.add(ts, jpeg, detections, keep_from=self.incidents.earliest_start())
+        self._incident_changes(frame, detections, changes, ts)
         self.last_frame_done = time.monotonic()
         if self.first_frame_done is None:
             self.first_frame_done = self.last_frame_done
         return analysis
+
+    # --- the safety layer ----------------------------------------------------------------------------------
+    @staticmethod
+    def _place(d: Detection, zones: ZoneSet, width: int, height: int) -> Detection:
+        if not zones:
+            return d
+        masked, names_ = zones.of_box(d.bbox, width, height)
+        return dataclasses.replace(d, zones=tuple(names_), masked=masked)
+
+    def _with_safety(self, groups: list[TrafficGroup], active: list[Detection],
+                     conflicts: dict[tuple[int, int], ConflictFacts], ts: float) -> list[TrafficGroup]:
+        """Groups with their zones and worst pair; plus a group per pair at a near-miss threshold (severity low
+        or more) whose two road users are not in one group (a fast car is far from the pedestrian it will
+        reach)."""
+        def worst(pairs: list[ConflictFacts]) -> ConflictFacts | None:
+            return min(pairs, key=lambda c: (-SEVERITY_RANK.get(c.severity or "none", 0),
+                                             c.ttc if c.ttc is not None else 1e9,
+                                             c.pet if c.pet is not None else 1e9, c.distance), default=None)
+
+        out: list[TrafficGroup] = []
+        grouped: set[tuple[int, int]] = set()
+        for g in groups:
+            ids = set(g.member_ids)
+            mine = [c for pair, c in conflicts.items() if pair[0] in ids and pair[1] in ids]
+            grouped.update(pair for pair in conflicts if pair[0] in ids and pair[1] in ids)
+            features = dataclasses.replace(g.features, zones=tuple(sorted({z for m in g.members for z in m.zones})),
+                                           conflict=worst(mine))
+            out.append(dataclasses.replace(g, features=features))
+        by_id = {d.track_id: d for d in active if d.track_id is not None}
+        for pair, conflict in sorted(conflicts.items()):
+            if pair in grouped or conflict.severity is None or pair[0] not in by_id or pair[1] not in by_id:
+                continue
+            members = (by_id[pair[0]], by_id[pair[1]])
+            features = dataclasses.replace(group_features(members, self._motion, ts),
+                                           zones=tuple(sorted({z for m in members for z in m.zones})),
+                                           conflict=conflict)
+            out.append(TrafficGroup(group_id=f"pair-{pair[0]}-{pair[1]}", group_index=len(out), members=members,
+                                    bbox=union_box(members), features=features))
+        return out
+
+    @staticmethod
+    def _pair_groups(groups: list[TrafficGroup]) -> dict[tuple[int, int], str]:
+        found: dict[tuple[int, int], str] = {}
+        for g in groups:
+            ids = sorted(g.member_ids)
+            for i, a in enumerate(ids):
+                for b in ids[i + 1:]:
+                    found.setdefault((a, b), g.group_id)
+        return found
+
+    def _incident_changes(self, frame: NDArray[np.uint8], detections: list[Detection], changes: list[Change],
+                          ts: float) -> None:
+        """Snapshots at the worst moments; events to the recorder; ended incidents' clips after their post-roll."""
+        for change in changes:
+            incident = change.incident
+            snapshot = None
+            if change.worst_moment:
+                snapshot = clips.snapshot(frame, detections, set(incident.trackIds))
+            if change.send:
+                self.incident_events[incident.state] += 1
+                self._submit(recording.Job(incident, snapshot=snapshot or self._snapshots.pop(incident.incidentId,
+                                                                                              None)))
+            elif snapshot is not None:
+                self._snapshots[incident.incidentId] = snapshot  # sent with the next event
+        for incident in self.incidents.expire(ts):
+            self.log.debug("incident %s ended; its clip waits %.1fs of post-roll", incident.incidentId,
+                           self._settings.clip_post)
+        for incident in self.incidents.finished(ts, self._settings.clip_post):
+            self._end(incident)
+
+    def _end(self, incident: Any) -> None:
+        ended = incident.endedAt or incident.updatedAt
+        start = incident.startedAt - self._settings.clip_pre
+        frames = self._ring.between(start, min(ended + self._settings.clip_post, start + self._settings.clip_max))
+        fps = clips.frame_rate(frames, 1.0 / (self.config.frame_interval or self._settings.frame_interval))
+        self.incident_events[incident.state] += 1
+        self._submit(recording.Job(incident, snapshot=self._snapshots.pop(incident.incidentId, None),
+                                   frames=frames, fps=fps))
+
+    def _flush_incidents(self) -> None:
+        """The loop ends: its open incidents end now, with the frames there are."""
+        for incident in self.incidents.flush():
+            self._end(incident)
+
+    def _submit(self, job: recording.Job) -> None:
+        if self._recorder is not None:
+            self._recorder.submit(job)
+        else:  # no recorder (a bare loop in a test or a benchmark): publish only
+            store.publish(self._redis, self.camera_id, EventType.INCIDENT, job.incident)
 
     def _count(self, detections: list[Any], groups: int, seconds: float) -> None:
         metrics = instruments.get()
@@ -246,7 +403,13 @@ class CaptureLoop:
     def _enqueue_group(self, frame: NDArray[np.uint8], group: TrafficGroup, ts: float, reason: str) -> None:
         image_key = store.store_image(self._redis, encode_jpeg(crop(frame, group.bbox), 85),
                                         self._settings.image_ttl)
-        self._enqueue(Job(cameraId=self.camera_id, groupId=group.group_id, groupIndex=group.group_index,
-                          imageKey=image_key, features=GroupFacts.model_validate(group.features.to_dict()),
-                          memberTrackIds=group.member_ids, frameTimestamp=ts, reason=reason))
+        try:
+            self._enqueue(Job(cameraId=self.camera_id, groupId=group.group_id, groupIndex=group.group_index,
+                              imageKey=image_key, features=GroupFacts.model_validate(group.features.to_dict()),
+                              memberTrackIds=group.member_ids, frameTimestamp=ts, reason=reason,
+                              context=self.config.context,
+                              incidentId=self.incidents.incident_for(group.member_ids)))
+        except budget.Shed:
+            self._redis.delete(image_key)  # nobody will read the crop
+            raise
         self.tasks_enqueued += 1

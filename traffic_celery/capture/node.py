@@ -35,12 +35,14 @@ from traffic_celery import names
 from traffic_celery.broker.config import producer_app
 from traffic_celery.capture.loop import CaptureLoop, Enqueue
 from traffic_celery.capture.sources import configure_ffmpeg
+from traffic_celery.history.store import History
 from traffic_celery.llm.dispatch import Dispatcher, sent_events
 from traffic_celery.llm.keys import KeyPool
 from traffic_celery.llm.router import Router, build_router
 from traffic_celery.protocol import CameraState
 from traffic_celery.redis_conn import listen
 from traffic_celery.registry import CameraConfig, CameraRegistry
+from traffic_celery.safety.recorder import Recorder
 from traffic_celery.settings import Settings
 from traffic_celery.vision.detection import Detector, shared_detector
 
@@ -55,8 +57,9 @@ def make_node_id() -> str:
 
 class CaptureNode:
     def __init__(self, settings: Settings, r: redis.Redis, detector: Callable[[], Detector], enqueue: Enqueue,
-                 node_id: str | None = None):
+                 node_id: str | None = None, recorder: Recorder | None = None):
         self._settings, self._redis, self._detector, self._enqueue = settings, r, detector, enqueue
+        self.recorder = recorder
         self.node_id = node_id or make_node_id()
         self.registry = CameraRegistry(r)
         self._loops: dict[str, CaptureLoop] = {}
@@ -70,6 +73,8 @@ class CaptureNode:
 
     def start(self) -> CaptureNode:
         configure_ffmpeg(self._settings.rtsp_transport)
+        if self.recorder is not None:
+            self.recorder.start()
         for thread in self._threads:
             thread.start()
         logger.info("capture node %s started (at most %d cameras)", self.node_id, self._settings.capture_max_cameras)
@@ -118,6 +123,8 @@ class CaptureNode:
                 elif not config.same_source(loop.config):
                     self._let_go(cid, "its source changed", release=False)
                     self._start_loop(config)  # the lease is still ours
+                elif config != loop.config and not loop.done.is_set():
+                    loop.reconfigure(config)  # zones, calibration, context: live
                 elif loop.done.is_set():
                     if loop.ended is not None:  # over for good: disabled BEFORE the lease goes, so no other
                         self.registry.disable_if(loop.config)  # node can claim and restart it in between
@@ -152,7 +159,7 @@ class CaptureNode:
                 self.registry.set_status(cid, state, message, self.node_id)
 
         loop = CaptureLoop(config, self._settings, self._redis, self._detector, self._enqueue, report=report,
-                           on_online=lambda: self.registry.mark_verified(config))
+                           on_online=lambda: self.registry.mark_verified(config), recorder=self.recorder)
         self._loops[cid] = loop  # before it starts: its first report must find it here
         loop.start()
         logger.info("capture node %s runs camera %s (%s)", self.node_id, cid, config.url)
@@ -188,6 +195,9 @@ class CaptureNode:
                 self.registry.notify()
             except redis.RedisError:
                 pass
+        if self.recorder is not None:
+            self.recorder.join(timeout=10)
+            self.recorder.stop()
         logger.info("capture node %s stopped %d capture loops", self.node_id, len(loops))
 
 
@@ -198,4 +208,5 @@ def build_capture_node(settings: Settings, r: redis.Redis, router: Router | None
     celery = producer_app(settings)
     router = router or build_router(settings, r, KeyPool.from_settings(settings))
     dispatcher = Dispatcher(celery, router, sent_events(celery, settings))
-    return CaptureNode(settings, r, lambda: shared_detector(settings), dispatcher)
+    return CaptureNode(settings, r, lambda: shared_detector(settings), dispatcher,
+                       recorder=Recorder(History.from_settings(settings), r))

@@ -1,15 +1,14 @@
 """A local stand-in for DashScope/OpenAI: `POST /v1/chat/completions` over real HTTP.
 
-Faithful where it matters to the system: Bearer auth against a set of keys (401 otherwise), strict per-key QPS
-and RPM limits (sliding windows of 1 s and 60 s over the requests it accepted) answered with 429 and
-`Retry-After`, a latency distribution, injectable faults (500s, malformed JSON, a revoked key answering 401),
-OpenAI-shaped errors for what the real API rejects (malformed JSON, no model or messages, unknown model, no image,
-a broken data URI, an oversized body), and a
-reply in the schema of DESIGN.md computed deterministically from the FACTS line of the prompt, so tests can
-predict it (with `bare_none`, a "none" verdict comes as the bare "no danger" answer with empty `results`, as some
-models give it). `GET /stats` gives the counts (requests, 200s, 429s, the most requests seen in one sliding second
-and minute, per key id), `GET /log` every admitted/refused request (time, key id, status); keys are never shown
-in full.
+Faithful where it matters to the system: Bearer auth against a set of keys (401 otherwise), strict per-key QPS and
+RPM limits (sliding windows of 1 s and 60 s over the requests it accepted) answered with 429 and `Retry-After`, a
+latency distribution, injectable faults (500s, malformed JSON, a revoked key answering 401), OpenAI-shaped errors
+for what the real API rejects (malformed JSON, no model or messages, unknown model, no image, a broken data URI, an
+oversized body), and a reply in the project's reply schema (`llm.schema`) computed deterministically from the FACTS
+line of the prompt, so tests can predict it (with `bare_none`, a "none" verdict comes as the bare "no danger" answer
+with empty `results`, as some models give it). `GET /stats` gives the counts (requests, 200s, 429s, the most
+requests seen in one sliding second and minute, per key id), `GET /log` every admitted/refused request (time, key
+id, status); keys are never shown in full.
 """
 
 from __future__ import annotations
@@ -231,8 +230,14 @@ def validate_request(body: Any, models: tuple[str, ...]) -> tuple[str, str]:
     return model, "\n".join(texts)
 
 
+def _when(ttc: float | None, pet: float | None) -> str:
+    return ", ".join(f"{name} {value:.1f} s" for name, value in (("TTC", ttc), ("PET", pet)) if value is not None)
+
+
 def assess_from_facts(text: str) -> LLMReply:
-    """The deterministic answer to a prompt: a rule over the FACTS line the project's prompt states."""
+    """The deterministic answer to a prompt: a rule over the FACTS line the project's prompt states. Near-miss
+    metrics come first (TTC <= 1 s or PET <= 0.5 s: high; TTC <= 1.5 s or PET <= 1 s: medium, the project's default
+    thresholds), then the gaps in object heights."""
     match = FACTS_RE.search(text)
     if not match:
         result = GroupResult(groupIndex=0, riskLevel="none", confidence=0.5, riskTypes=[],
@@ -246,7 +251,15 @@ def assess_from_facts(text: str) -> LLMReply:
     pv, gap = facts.get("pedestrianVehicleGap"), float(facts.get("minGap", 99))
     vehicles = sum(n for c, n in counts.items() if c != "person")
     level: RiskLevel
-    if pv is not None and pv < 0.25:
+    conflict = facts.get("conflict") or {}
+    ttc, pet = conflict.get("ttc"), conflict.get("pet")
+    if (ttc is not None and ttc <= 1.0) or (pet is not None and pet <= 0.5):
+        level, types, text_ = "high", ["near_miss"], \
+            f"Near miss: {conflict.get('conflictType', 'two road users')} on a collision course ({_when(ttc, pet)})."
+    elif (ttc is not None and ttc <= 1.5) or (pet is not None and pet <= 1.0):
+        level, types, text_ = "medium", ["near_miss"], \
+            f"Close call: {conflict.get('conflictType', 'two road users')} ({_when(ttc, pet)})."
+    elif pv is not None and pv < 0.25:
         level, types, text_ = "high", ["pedestrian_vehicle_conflict"], "A pedestrian is right next to a vehicle."
     elif pv is not None and pv < 0.75:
         level, types, text_ = "medium", ["pedestrian_near_vehicle"], "A pedestrian is close to a vehicle."

@@ -1,6 +1,11 @@
 """Puts an assessment job on Celery: `assess_group` on the queue of the key the router picks, with
 `on_assessment` linked on the `results` queue. Tasks are sent by name, so the capture side never imports them.
 
+The LLM budget (:mod:`traffic_celery.llm.budget`) decides two things here: the job's priority (`Job.priority`,
+sent as Celery's `priority`, so on Redis the most urgent task of all queues is the next one a worker takes; on
+Kafka, which has none, the topic stays FIFO), and whether a `reassess` job is shed because its key is saturated:
+then nothing is enqueued and :class:`~traffic_celery.llm.budget.Shed` is raised (already counted).
+
 On a broker that carries no monitoring events (Kafka), :class:`SentEvents` sends each task's `task-sent` event
 through `TC_EVENTS_URL`, where the workers send theirs (`workers/events.py`): Flower then lists a task as sent,
 with its queue, as it does on Redis.
@@ -18,6 +23,8 @@ from celery import Celery
 from kombu.utils.encoding import safe_repr
 
 from traffic_celery import names
+from traffic_celery.llm import budget
+from traffic_celery.llm.keys import ApiKey
 from traffic_celery.llm.router import Router
 from traffic_celery.protocol import Job
 from traffic_celery.settings import Settings
@@ -68,18 +75,50 @@ def sent_events(app: Celery, settings: Settings) -> SentEvents | None:
 
 
 class Dispatcher:
-    def __init__(self, app: Celery, router: Router, events: SentEvents | None = None):
+    """`shed_wait`: the expected wait above which `reassess` jobs are shed (default `TC_BUDGET_SHED_WAIT`)."""
+
+    def __init__(self, app: Celery, router: Router, events: SentEvents | None = None,
+                 shed_wait: float | None = None):
         self._app, self._router, self._events = app, router, events
+        self._shed_wait = shed_wait
+        transport = app.conf.broker_transport or str(app.conf.broker_url or "redis://").split("://", 1)[0]
+        self._transport = str(transport)
 
     def __call__(self, job: Job | Mapping[str, Any]) -> str:
         """Enqueue one job (a :class:`~traffic_celery.protocol.Job`, or its fields, validated here) on the queue
-        of the key the router picks; returns the task id."""
+        of the key the router picks, at the job's priority; returns the task id. A priority given with the job is
+        kept, else the budget's (:func:`~traffic_celery.llm.budget.priority_of`). Raises
+        :class:`~traffic_celery.llm.budget.Shed` (counted, nothing enqueued) when the budget sheds the job."""
         key = self._router.pick()
-        callback = self._app.signature(CALLBACK_TASK, queue=names.RESULTS_QUEUE)
         base = job if isinstance(job, Job) else Job.model_validate(job)
-        wire = base.moved(keyId=key.id, enqueuedAt=time.time(), failures=0, reroutes=0).to_wire()
-        result = self._app.send_task(ASSESS_TASK, args=[wire], queue=key.queue, link=callback)
+        priority = base.priority if "priority" in base.model_fields_set else budget.priority_of(base)
+        if base.reason == budget.REASSESS:  # only these are ever shed: read the key's queue only for them
+            wait = self.expected_wait(key)
+            shed = budget.should_shed(base, wait, self._shed_wait)
+            if shed is not None:
+                budget.count_shed(self._router._redis, shed)  # the app's Redis, as the router's
+                logger.debug("shed %s job of camera %s group %s: key %s expects a %.1fs wait", base.reason,
+                             base.cameraId, base.groupId, key.id, wait or 0.0)
+                raise budget.Shed(shed, key.id, wait)
+        callback = self._app.signature(CALLBACK_TASK, queue=names.RESULTS_QUEUE)
+        wire = base.moved(keyId=key.id, enqueuedAt=time.time(), failures=0, reroutes=0,
+                          priority=priority).to_wire()
+        result = self._app.send_task(ASSESS_TASK, args=[wire], queue=key.queue, link=callback,
+                                     priority=budget.celery_priority(priority, self._transport))
         if self._events is not None:
             self._events.send(result.id, ASSESS_TASK, [wire], key.queue)
-        logger.debug("enqueued %s for camera %s group %s on %s", result.id, base.cameraId, base.groupId, key.queue)
+        logger.debug("enqueued %s (priority %d) for camera %s group %s on %s", result.id, priority, base.cameraId,
+                     base.groupId, key.queue)
         return str(result.id)
+
+    def expected_wait(self, key: ApiKey) -> float | None:
+        """Seconds a lowest-priority job enqueued now on `key` would wait (one round trip to the Redis broker:
+        the lengths of the queue's priority lists); None on a broker whose queues cannot be read (Kafka)."""
+        broker = self._router._broker  # the router's connection to the Redis broker (None on Kafka)
+        if broker is None:
+            return None
+        pipe = broker.pipeline(transaction=False)
+        for name in budget.priority_queues(key.queue):
+            pipe.llen(name)
+        queued = sum(int(n) for n in pipe.execute())
+        return budget.expected_wait(queued, self._router.limiter.interval(key))

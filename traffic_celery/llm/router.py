@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import redis
 
 from traffic_celery import names
+from traffic_celery.llm.budget import priority_queues
 from traffic_celery.llm.keys import ApiKey, KeyPool
 from traffic_celery.llm.limiter import KeyLimiter, build_limiter, prefix
 from traffic_celery.redis_conn import connect
@@ -75,9 +76,12 @@ class Router:
         depths = [0] * len(keys)
         if self._broker is not None:
             bpipe = self._broker.pipeline()
-            for key in keys:
-                bpipe.llen(key.queue)
-            depths = bpipe.execute()
+            for key in keys:  # a queue is one Redis list per priority step (kombu's priority queues)
+                for queue in priority_queues(key.queue):
+                    bpipe.llen(queue)
+            lengths = bpipe.execute()
+            steps = len(lengths) // len(keys)
+            depths = [sum(lengths[i * steps:(i + 1) * steps]) for i in range(len(keys))]
         return [KeyLoad(key, bool(raw[3 * i]), max(raw[3 * i + 1], 0) / 1000, int(depths[i]), int(raw[3 * i + 2]))
                 for i, key in enumerate(keys)]
 

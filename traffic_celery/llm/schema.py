@@ -1,6 +1,6 @@
 """The LLM reply schema, the prompt that asks for it and the parser that validates it.
 
-One schema (DESIGN.md) serves all three and the fake provider too, so the parser can never read a different shape
+One schema (`SCHEMA_TEXT`) serves all three and the fake provider too, so the parser can never read a different shape
 from the one the prompt asked for (defect 4 of the old system). A reply that does not follow it is rejected with
 a :class:`ReplyError` naming the fault; it is never read as risk "none".
 
@@ -50,7 +50,7 @@ class GroupResult(BaseModel):
 
 
 class LLMReply(BaseModel):
-    """`{"hasDangerousDriving", "maxRiskLevel", "results": [...]}` exactly as DESIGN.md states it."""
+    """`{"hasDangerousDriving", "maxRiskLevel", "results": [...]}` exactly as the prompt states it."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -106,16 +106,40 @@ SYSTEM_PROMPT = (
 FACTS_RE = re.compile(r"^FACTS group=(?P<group>\d+) (?P<json>\{.*\})$", re.MULTILINE)
 
 
-def build_user_text(group_index: int, member_ids: list[int], features: GroupFeatures | dict[str, Any]) -> str:
-    """The text part of the user message: what the detector measured, in a sentence and as one FACTS line."""
+def conflict_text(conflict: dict[str, Any]) -> str:
+    """The near-miss metrics of the group's worst pair in words: metres and km/h on a calibrated camera."""
+    metric = conflict.get("units") == "metric"
+    distance, speed = ("m", "km/h") if metric else ("object heights", "object heights/s")
+    parts = [f"its closest pair ({conflict['conflictType']}, objects {conflict['trackIds']}) is "
+             f"{conflict['distance']:.1f} {distance} apart (closest so far {conflict['minDistance']:.1f} {distance})"]
+    if conflict.get("relativeSpeed") is not None:
+        parts.append(f"closing at {conflict['relativeSpeed']:.1f} {speed}")
+    if conflict.get("ttc") is not None:
+        parts.append(f"time to collision {conflict['ttc']:.1f} s")
+    if conflict.get("pet") is not None:
+        parts.append(f"post-encroachment time {conflict['pet']:.1f} s")
+    speeds = conflict.get("speeds") or {}
+    if metric and speeds:
+        parts.append("speeds " + ", ".join(f"#{tid} {v:.0f} km/h" for tid, v in speeds.items()))
+    return "; ".join(parts) + "."
+
+
+def build_user_text(group_index: int, member_ids: list[int], features: GroupFeatures | dict[str, Any],
+                    context: str | None = None) -> str:
+    """The text part of the user message: the camera's context, what the detector measured (in a sentence, with
+    the near-miss metrics in metres and seconds when the camera is calibrated) and the same as one FACTS line."""
     facts = features.to_dict() if isinstance(features, GroupFeatures) else dict(features)
     facts["objectIds"] = list(member_ids)
     counts = ", ".join(f"{n} {cls}" for cls, n in facts["classCounts"].items())
     pv = facts.get("pedestrianVehicleGap")
     pv_text = "no pedestrian next to a vehicle" if pv is None else \
         f"the closest pedestrian is {pv:.2f} object heights from a vehicle"
-    return (f"Traffic group {group_index}: {facts['objectCount']} objects ({counts}); the smallest gap between two "
-            f"of them is {facts['minGap']:.2f} object heights; {pv_text}. Object ids: {member_ids}.\n"
+    where = f"Camera context: {context.strip()}.\n" if context else ""
+    zones = f" It is in: {', '.join(facts['zones'])}." if facts.get("zones") else ""
+    conflict = f" Near-miss metrics: {conflict_text(facts['conflict'])}" if facts.get("conflict") else ""
+    return (f"{where}Traffic group {group_index}: {facts['objectCount']} objects ({counts}); the smallest gap between "
+            f"two of them is {facts['minGap']:.2f} object heights; {pv_text}. Object ids: {member_ids}.{zones}"
+            f"{conflict}\n"
             f"FACTS group={group_index} {json.dumps(facts, sort_keys=True)}\n"
             f"Return the JSON for groupIndex {group_index}.")
 
@@ -125,13 +149,13 @@ def image_data_uri(jpeg: bytes) -> str:
 
 
 def build_messages(group_index: int, member_ids: list[int], features: GroupFeatures | dict[str, Any],
-                   jpeg: bytes) -> list[dict[str, Any]]:
+                   jpeg: bytes, context: str | None = None) -> list[dict[str, Any]]:
     """OpenAI chat-completions messages with the crop as a data-URI image part."""
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": image_data_uri(jpeg)}},
-            {"type": "text", "text": build_user_text(group_index, member_ids, features)},
+            {"type": "text", "text": build_user_text(group_index, member_ids, features, context)},
         ]},
     ]
 

@@ -16,6 +16,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from traffic_celery import names
+from traffic_celery.llm.budget import SHED_REASONS
 from traffic_celery.llm.keys import KeyPool
 from traffic_celery.llm.limiter import KeyLimiter
 from traffic_celery.llm.router import Router
@@ -71,13 +72,19 @@ class AssessmentStats(TypedDict):
     calls: dict[str, int]
     callsTotal: int
     saved: int
+    shed: dict[str, int]  # jobs the LLM budget gave up, by why (`traffic_celery.llm.budget.SHED_REASONS`)
+    shedTotal: int
 
 
 def assessment_stats(r: redis.Redis) -> AssessmentStats:
-    """LLM calls the scheduler made (per reason) and saved, over all cameras and capture nodes."""
+    """LLM calls the scheduler made (per reason) and saved, and the jobs the budget shed (per reason: not
+    enqueued, `saturated`, or dropped by a worker, `stale`), over all cameras, capture nodes and workers."""
     raw = {k.decode(): int(v) for k, v in cast("dict[bytes, bytes]", r.hgetall(names.ASSESS_STATS)).items()}
     calls = {reason: raw.get(f"calls:{reason}", 0) for reason in REASONS}
-    return {"calls": calls, "callsTotal": sum(calls.values()), "saved": raw.get("saved", 0)}
+    shed = {reason: raw.get(f"shed:{reason}", 0) for reason in SHED_REASONS}
+    shed.update({field[5:]: n for field, n in raw.items() if field.startswith("shed:")})  # a newer reason too
+    return {"calls": calls, "callsTotal": sum(calls.values()), "saved": raw.get("saved", 0),
+            "shed": shed, "shedTotal": sum(shed.values())}
 
 
 class AssessmentCollector(Collector):

@@ -10,7 +10,7 @@ children), removed at exit.
 :func:`get` then returns the instruments (made on first use, so they always land in the configured folder).
 Figures that live in Redis (per-key state, the scheduler's counts) are added at scrape time by the collectors of
 :mod:`traffic_celery.telemetry.collectors`. Labels are bounded: camera id, COCO class, queue, task, key id, model,
-risk level.
+risk level, shed reason.
 """
 
 from __future__ import annotations
@@ -119,6 +119,9 @@ class Instruments:
         self.assessments = Counter("tc_assessments", "assessments stored and sent to clients", ["risk_level"])
         self.assessment_latency = Histogram("tc_assessment_latency_seconds", "from the frame to the stored "
                                             "assessment", buckets=SLOW_BUCKETS)
+        self.assessments_shed = Counter("tc_assessments_shed", "assessments given up by the LLM budget "
+                                        "(traffic_celery.llm.budget): saturated at dispatch, stale in the worker",
+                                        ["reason"])
         self.ws_clients = Gauge("tc_websocket_clients", "open WebSocket clients", multiprocess_mode="livesum")
         self.ws_frames_dropped = Counter("tc_websocket_frames_dropped", "frames replaced by a newer one before a "
                                          "slow client took them")

@@ -3,11 +3,13 @@
 One :class:`AssessmentScheduler` per camera remembers, for each group id, its tracked members and features at its
 last assessment. A group in a frame is assessed when:
 
+- `near_miss`: its worst pair (`features.conflict`) crossed a near-miss threshold (severity medium or high) it had
+  not reached at the last assessment: asked at once, whatever `min_interval` says;
 - `appeared`: its id is new (a new group is never delayed);
 - `members_changed`: its set of tracked members differs from the last assessment;
 - `worsened`: its pedestrian–vehicle gap or smallest gap shrank by `worsen_ratio` (and by at least
   `MIN_GAP_CHANGE` heights), or it now closes towards contact within `ttc_horizon` seconds, or its
-  time-to-contact shrank by `worsen_ratio`;
+  time-to-contact (or its pair's TTC or PET) shrank by `worsen_ratio`;
 - `reassess`: nothing changed for `reassess_interval` seconds.
 
 Groups without a vehicle (people walking together) are not traffic situations: they are never asked about
@@ -24,11 +26,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from traffic_celery.protocol import SEVERITY_RANK
 from traffic_celery.settings import Settings
 from traffic_celery.vision.types import GroupFeatures, TrafficGroup
 
 APPEARED, MEMBERS_CHANGED, WORSENED, REASSESS = "appeared", "members_changed", "worsened", "reassess"
-REASONS = (APPEARED, MEMBERS_CHANGED, WORSENED, REASSESS)
+NEAR_MISS = "near_miss"
+REASONS = (NEAR_MISS, APPEARED, MEMBERS_CHANGED, WORSENED, REASSESS)
 MIN_GAP_CHANGE = 0.05  # heights: a smaller change of a gap is detector noise
 
 
@@ -54,11 +58,22 @@ def worsened(before: GroupFeatures, now: GroupFeatures, ratio: float, ttc_horizo
         return True
     if _shrank(before.min_gap, now.min_gap, ratio):
         return True
+    if before.conflict is not None and now.conflict is not None:
+        for metric in ("ttc", "pet"):
+            then_value, now_value = getattr(before.conflict, metric), getattr(now.conflict, metric)
+            if then_value is not None and now_value is not None and now_value <= then_value * (1 - ratio):
+                return True
     ttc = now.time_to_contact
     if ttc is not None and ttc <= ttc_horizon:
         return before.time_to_contact is None or before.time_to_contact > ttc_horizon \
             or ttc <= before.time_to_contact * (1 - ratio)
     return False
+
+
+def severity(features: GroupFeatures) -> int:
+    """The rank (0 none ... 3 high) of the group's worst pair's near-miss severity."""
+    conflict = features.conflict
+    return 0 if conflict is None or conflict.severity is None else SEVERITY_RANK[conflict.severity]
 
 
 class AssessmentScheduler:
@@ -85,6 +100,9 @@ class AssessmentScheduler:
         if not self.pedestrian_groups and not any(m.is_vehicle for m in group.members):
             return None
         last = self._memory.get(group.group_id)
+        if severity(group.features) >= SEVERITY_RANK["medium"] and \
+                (last is None or severity(group.features) > severity(last.features)):
+            return NEAR_MISS
         if last is None:
             return APPEARED
         if now - last.at < self.min_interval:
