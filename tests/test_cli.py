@@ -19,7 +19,7 @@ from .conftest import TEST_KEYS, Proc, start_web, wait_for
 CLI = Path(sys.executable).parent / "traffic-celery"
 SECRETS = {pair.split("=")[0]: pair.split("=", 1)[1] for pair in TEST_KEYS.split(",")}  # key id -> secret
 TOKEN = "cli-test-token-5e0c9a27d41b"
-SUBCOMMANDS = ("run", "web", "worker", "capture", "provider", "flower", "keys", "cameras")
+SUBCOMMANDS = ("run", "web", "worker", "capture", "provider", "flower", "notify", "keys", "cameras")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -40,7 +40,7 @@ def test_every_command_runs_a_module_of_the_project(compose):
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["traffic-celery"] == "traffic_celery.cli:main"
     found = commands(compose)
-    assert {"web", "results", "flower", "provider", "capture"} <= set(found)
+    assert {"web", "results", "flower", "provider", "capture", "notify"} <= set(found)
     for name, cmd in found.items():
         if cmd[0] == "traffic-celery":
             assert cmd[1] in COMMANDS, f"{name}: traffic-celery has no subcommand {cmd[1]}"
@@ -61,10 +61,11 @@ def test_every_tc_variable_is_a_setting(compose):
 def test_every_key_of_the_keys_file_has_a_worker_on_its_queue(compose):
     env = compose["services"]["web"]["environment"]
     keys_file = REPO_ROOT / env["TC_LLM_KEYS_FILE"].replace("/app/", "")
-    queues = {cmd[cmd.index("-Q") + 1] for cmd in commands(compose).values() if "-Q" in cmd}
+    queues = {q for cmd in commands(compose).values() if "-Q" in cmd for q in cmd[cmd.index("-Q") + 1].split(",")}
     for key in load_keys(Settings(llm_keys_file=keys_file)):
         assert key.queue in queues, f"no worker consumes {key.queue}"
     assert "results" in queues
+    assert "webhooks" in queues, "no worker consumes the webhooks queue"
 
 
 def test_compose_has_every_part_of_the_system(compose):

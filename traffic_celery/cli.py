@@ -1,7 +1,7 @@
 """`traffic-celery`: the project's one command (the console script of pyproject.toml).
 
     traffic-celery run                  the whole system on this machine (what `make demo` runs)
-    traffic-celery web | worker | capture | provider | flower     one process of the Procfile
+    traffic-celery web | worker | capture | provider | flower | notify     one process of the Procfile
     traffic-celery keys check           one real call per configured API key, as a table
     traffic-celery cameras list | add | remove                    the cameras of a running web tier
 
@@ -45,6 +45,8 @@ DESCRIPTIONS = {
                 "(python -m traffic_celery.fake_provider); `traffic-celery provider --help` lists its options.",
     "flower": "Flower on the project's Celery app, basic auth from TC_FLOWER_BASIC_AUTH (python -m workers.flower); "
               "other options go to `celery flower`.",
+    "notify": "The notify process: incident events and camera states to MQTT (TC_MQTT_URL) and to the webhook "
+              "targets of TC_WEBHOOKS_FILE (python -m traffic_celery.notify).",
     "keys": "API keys.",
     "cameras": "Cameras of a running web tier, over its REST API (token from TC_API_TOKEN, sent as "
                "'Authorization: Bearer').",
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", "the whole system (make demo)")
     run.add_argument("--processes", metavar="NAMES", help="Procfile entries to run, comma-separated "
-                     "(default: all of them: provider,worker,results,web,flower)")
+                     "(default: all of them: provider,worker,results,web,flower,notify)")
     run.add_argument("--log-dir", metavar="DIR", type=Path, help="write each process's output to DIR/<name>.log "
                      "instead of this terminal")
     run.add_argument("--ready-timeout", metavar="S", type=float, help="seconds to wait for the web tier to answer "
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("web", "the web tier (page, WebSocket, REST, metrics)")
     command("worker", "a Celery worker; other options go to `celery worker`")
     command("capture", "a capture node on its own")
+    command("notify", "incidents to MQTT and webhooks")
     command("provider", "the fake LLM provider; options: `provider --help`", add_help=False)
     command("flower", "Flower, the Celery monitor; other options go to `celery flower`")
 
@@ -157,6 +160,13 @@ def _web(_args: argparse.Namespace) -> int:
     from web.__main__ import main as web_main
 
     web_main()
+    return 0
+
+
+def _notify(_args: argparse.Namespace) -> int:
+    from traffic_celery.notify.service import main as notify_main
+
+    notify_main()
     return 0
 
 
@@ -314,7 +324,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _run, "web": _web, "capture": _capture, "keys": _keys, "cameras": _cameras,
+    "run": _run, "web": _web, "capture": _capture, "notify": _notify, "keys": _keys, "cameras": _cameras,
     "worker": _passthrough_help, "provider": _passthrough_help, "flower": _passthrough_help,
 }
 

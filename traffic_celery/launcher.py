@@ -14,12 +14,14 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 import requests
 
@@ -31,7 +33,7 @@ from traffic_celery.settings import REPO_ROOT, Settings, get_settings
 logger = logging.getLogger(__name__)
 
 PROCFILE = REPO_ROOT / "Procfile"
-DEFAULT_PROCESSES = ("provider", "worker", "results", "web", "flower")
+DEFAULT_PROCESSES = ("provider", "worker", "results", "web", "flower", "notify")
 
 
 def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
@@ -82,7 +84,21 @@ def child_env(settings: Settings, redis_url: str) -> dict[str, str]:
         "TC_FLOWER_PORT": str(settings.flower_port),
         "TC_METRICS_DIR": str(metrics_dir),
     })
+    if settings.mqtt_url is None and (mqtt := probe_mqtt(settings.mqtt_probe_url)):
+        env["TC_MQTT_URL"] = mqtt
+        logger.info("an MQTT broker answers on %s: the notify process publishes there (set TC_MQTT_URL to choose)",
+                    mqtt)
     return env
+
+
+def probe_mqtt(url: str) -> str | None:
+    """`url` when a broker accepts TCP connections there (the demo's MQTT, like the Redis probe), else None."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 1883), timeout=0.5):
+            return url
+    except (OSError, ValueError):
+        return None
 
 
 def wait_ready(url: str, children: list[Child], timeout: float) -> None:

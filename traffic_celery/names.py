@@ -13,6 +13,10 @@ ROUTER_COUNTER = "tc:router:rr"
 CAMERAS = "tc:cameras"  # hash: camera id -> JSON CameraConfig (the camera registry)
 CAMERAS_CONTROL = "tc:cameras:control"  # pub/sub: "the registry changed", so capture nodes act at once
 ASSESS_STATS = "tc:stats:assess"  # hash: LLM calls made per reason, and saved, by the assessment scheduler
+INCIDENT_STREAM = "tc:incidents:events"  # stream: every incident event, read by the notifiers (consumer group)
+WEBHOOKS_QUEUE = "webhooks"  # the Celery queue of webhook deliveries
+WEBHOOK_STATS = "tc:stats:webhooks"  # hash: "<target>:<outcome>" -> count (delivered, retried, dead, suppressed)
+WEBHOOK_DEAD = "tc:webhooks:dead"  # stream: webhook deliveries given up (target name, incident, why; no secret)
 
 
 def image_key(image_id: str) -> str:

@@ -176,6 +176,31 @@ class Settings(BaseSettings):
     max_reroutes: int = Field(default=20, ge=1,
                               description="Moves of one task between keys before it is dead-lettered.")
 
+    # --- Telling people: MQTT and webhooks (traffic_celery.notify, the `notify` process) ---------------------
+    mqtt_url: SecretStr | None = Field(
+        default=None, description="MQTT broker of the notify process: mqtt://[user:password@]host[:1883] or mqtts:// "
+        "(TLS). Unset: no MQTT (the launcher uses mqtt_probe_url when a broker answers there).")
+    mqtt_probe_url: str = Field(default="mqtt://127.0.0.1:1883", description="MQTT broker the launcher tries when "
+                                "mqtt_url is unset (the demo publishes to it if it answers).")
+    mqtt_prefix: str = Field(default="traffic_celery", pattern=r"^[^#+]+$",
+                             description="Topic prefix: <prefix>/availability, <prefix>/<camera>/incidents, "
+                             "<prefix>/<camera>/state.")
+    mqtt_ca_file: Path | None = Field(default=None, description="CA certificates for mqtts:// (default: the system's).")
+    mqtt_queue: int = Field(default=10000, ge=1, le=1_000_000, description="MQTT messages kept while the broker is "
+                            "away; beyond, new ones are dropped and counted.")
+    mqtt_reconnect_max: int = Field(default=30, ge=1, le=600, description="Longest wait between reconnections.")
+    notify_state_interval: float = Field(default=1.0, gt=0, le=60, description="Seconds between two reads of the "
+                                         "cameras' states by the notify process (changes go to MQTT).")
+    webhooks_file: Path | None = Field(default=None, description="YAML file of webhook targets "
+                                       "(config/webhooks.example.yaml); unset: no webhooks.")
+    webhook_cooldown: float = Field(default=300.0, ge=0, description="Seconds between two pages of one target for "
+                                    "one camera (a target's own `cooldown` overrides it).")
+    webhook_max_retries: int = Field(default=5, ge=0, le=50, description="Retries of a webhook delivery on 5xx, 429, "
+                                     "timeouts and refused connections, before the dead letter.")
+    webhook_backoff: float = Field(default=2.0, gt=0, le=600, description="First retry delay, seconds (doubled at "
+                                   "each retry).")
+    webhook_backoff_max: float = Field(default=300.0, gt=0, le=3600, description="Longest retry delay, seconds.")
+
     # --- Processes ------------------------------------------------------------------------------------------
     web_host: str = Field(default="127.0.0.1", description="Address the web tier binds (without TC_API_TOKEN, loopback "
                           "only: another address is replaced by 127.0.0.1, with a warning).")

@@ -14,7 +14,7 @@ import redis
 from pydantic import BaseModel
 
 from traffic_celery import names
-from traffic_celery.protocol import Assessment, EventType, encode
+from traffic_celery.protocol import Assessment, EventType, Incident, encode
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,19 @@ LATEST_TTL = 3600
 def publish(r: redis.Redis, camera_id: str, event_type: EventType, data: BaseModel | dict[str, Any]) -> int:
     """Publish an event on the camera's channel; returns how many web processes received it."""
     return int(r.publish(names.events_channel(camera_id), encode(event_type, data)))
+
+
+INCIDENT_STREAM_KEPT = 10000  # incident events the notifiers can catch up with (about a day of a busy site)
+
+
+def publish_incident(r: redis.Redis, incident: Incident) -> None:
+    """An `incident` event to the camera's viewers (pub/sub) and to the notifiers (the stream they read in a
+    consumer group, so a notifier that was away catches up), in one round trip."""
+    pipe = r.pipeline(transaction=False)
+    pipe.publish(names.events_channel(incident.cameraId), encode(EventType.INCIDENT, incident))
+    pipe.xadd(names.INCIDENT_STREAM, {"incident": incident.model_dump_json()}, maxlen=INCIDENT_STREAM_KEPT,
+              approximate=True)
+    pipe.execute()
 
 
 def store_image(r: redis.Redis, jpeg: bytes, ttl: int) -> str:

@@ -68,12 +68,13 @@ def config_for(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.llm_timeout + settings.limit_max_wait + 30,
         "task_time_limit": settings.llm_timeout + settings.limit_max_wait + 60,
         "task_default_queue": names.RESULTS_QUEUE,
-        "task_routes": {"workers.results.*": {"queue": names.RESULTS_QUEUE}},
+        "task_routes": {"workers.results.*": {"queue": names.RESULTS_QUEUE},
+                        "workers.webhooks.*": {"queue": names.WEBHOOKS_QUEUE}},
         # events for Flower
         "worker_send_task_events": True,
         "task_send_sent_event": settings.events_on_broker,
         "worker_consumer": "workers.events:Consumer",
-        "imports": ("workers.assess", "workers.results"),
+        "imports": ("workers.assess", "workers.results", "workers.webhooks"),
         "worker_hijack_root_logger": False,
     }
     if settings.effective_broker_url.startswith("redis://"):

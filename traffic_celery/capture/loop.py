@@ -389,7 +389,7 @@ class CaptureLoop:
         if self._recorder is not None:
             self._recorder.submit(job)
         else:  # no recorder (a bare loop in a test or a benchmark): publish only
-            store.publish(self._redis, self.camera_id, EventType.INCIDENT, job.incident)
+            store.publish_incident(self._redis, job.incident)
 
     def _count(self, detections: list[Any], groups: int, seconds: float) -> None:
         metrics = instruments.get()

@@ -5,7 +5,8 @@ recorder of its process (a queue and a thread). The recorder, in the order it wa
 
 1. stores the incident (and its snapshot) in the history (`traffic_celery.history`);
 2. for an ended incident, encodes its clip (VP8 WebM, `safety.clips`) and stores it;
-3. publishes the `incident` event on the camera's channel (every web process relays it to its viewers).
+3. publishes the `incident` event on the camera's channel (every web process relays it to its viewers) and
+   appends it to the incident stream that the notifiers read (`traffic_celery.notify`).
 
 So a client that gets an event can fetch the incident, its snapshot and its clip at once. A database that does
 not answer costs the history, not the events: the failure is logged once per outage and the events still go out.
@@ -25,7 +26,7 @@ import redis
 
 from traffic_celery import store
 from traffic_celery.history.store import History
-from traffic_celery.protocol import EventType, Incident
+from traffic_celery.protocol import Incident
 from traffic_celery.safety import clips
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class Recorder:
             self._urls.pop(incident.incidentId, None)
         if job.publish:
             try:
-                store.publish(self._redis, incident.cameraId, EventType.INCIDENT, incident)
+                store.publish_incident(self._redis, incident)
             except redis.RedisError as exc:
                 logger.warning("could not publish the %s of incident %s: %s", incident.state,
                                incident.incidentId, exc)

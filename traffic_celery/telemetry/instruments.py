@@ -122,6 +122,11 @@ class Instruments:
         self.assessments_shed = Counter("tc_assessments_shed", "assessments given up by the LLM budget "
                                         "(traffic_celery.llm.budget): saturated at dispatch, stale in the worker",
                                         ["reason"])
+        # telling people (traffic_celery.notify, workers.webhooks)
+        self.mqtt_messages = Counter("tc_mqtt_messages", "MQTT messages handed to the broker connection: sent, "
+                                     "queued while the broker is away, dropped beyond TC_MQTT_QUEUE", ["outcome"])
+        self.webhook_deliveries = Counter("tc_webhook_deliveries", "webhook delivery attempts by target and "
+                                          "outcome (delivered, retried, dead)", ["target", "outcome"])
         self.ws_clients = Gauge("tc_websocket_clients", "open WebSocket clients", multiprocess_mode="livesum")
         self.ws_frames_dropped = Counter("tc_websocket_frames_dropped", "frames replaced by a newer one before a "
                                          "slow client took them")
