@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.run/ultralytics
 
-.PHONY: demo test lint install install-dev media browser clean
+.PHONY: demo test lint install install-dev media browser promtool clean
 
 # the pins (requirements.txt), then the project itself, editable, for the `traffic-celery` command the Procfile runs
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -28,6 +28,10 @@ media:
 browser:
 	@command -v chromium >/dev/null || scripts/install_chromium.sh
 
+# promtool (Debian's prometheus package, the server never started) for tests/test_alerts.py
+promtool:
+	@command -v promtool >/dev/null || scripts/install_promtool.sh
+
 demo: install media
 	$(VENV)/bin/traffic-celery run
 
@@ -36,7 +40,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: install-dev media browser lint
+test: install-dev media browser promtool lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -23,7 +23,12 @@ from traffic_celery.redis_conn import connect
 from traffic_celery.registry import CameraRegistry
 from traffic_celery.settings import Settings, get_settings
 from traffic_celery.telemetry import instruments
-from traffic_celery.telemetry.collectors import AssessmentCollector, KeyPoolCollector
+from traffic_celery.telemetry.collectors import (
+    AssessmentCollector,
+    CameraCollector,
+    KeyConsumersCollector,
+    KeyPoolCollector,
+)
 from web.health import DeepHealth
 from web.hub import EventHub
 from web.retention import Retention
@@ -55,7 +60,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     r = connect(settings)
     pool = KeyPool.from_settings(settings)
     router = build_router(settings, r, pool)
-    registry = instruments.registry(KeyPoolCollector(pool, router.limiter, router), AssessmentCollector(r))
+    registry = instruments.registry(KeyPoolCollector(pool, router.limiter, router), AssessmentCollector(r),
+                                    KeyConsumersCollector(pool, r), CameraCollector(CameraRegistry(r)))
     node = build_capture_node(settings, r, router) if settings.capture_in_web else None
     history = History.from_settings(settings)
     app.extensions[EXTENSION] = Runtime(settings=settings, redis=r, hub=EventHub(settings),
