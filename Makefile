@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.run/ultralytics
 
-.PHONY: demo test lint install install-dev media browser promtool clean
+.PHONY: demo test lint install install-dev media browser promtool mosquitto clean
 
 # the pins (requirements.txt), then the project itself, editable, for the `traffic-celery` command the Procfile runs
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -30,7 +30,11 @@ browser:
 
 # promtool (Debian's prometheus package, the server never started) for tests/test_alerts.py
 promtool:
-	@command -v promtool >/dev/null || scripts/install_promtool.sh
+	@scripts/install_debian_tool.sh promtool prometheus prometheus
+
+# Debian's mosquitto binary for tests/test_notify.py, which starts its own brokers (the service never started)
+mosquitto:
+	@scripts/install_debian_tool.sh mosquitto mosquitto mosquitto
 
 demo: install media
 	$(VENV)/bin/traffic-celery run
@@ -40,7 +44,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: install-dev media browser promtool lint
+test: install-dev media browser promtool mosquitto lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

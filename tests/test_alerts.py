@@ -52,7 +52,7 @@ def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
         pytest.fail("promtool is not installed, so deployment/alerts.yml cannot be checked: run `make promtool` "
-                    "(scripts/install_promtool.sh installs Debian's prometheus package, the server not started)")
+                    "(scripts/install_debian_tool.sh installs Debian's prometheus package, the server not started)")
     return path
 
 

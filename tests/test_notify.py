@@ -61,7 +61,7 @@ def port_open(port: int) -> bool:
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).exists()), None)
     if found is None:
-        pytest.fail("no MQTT broker binary: install Debian's mosquitto (apt-get install -y mosquitto)")
+        pytest.fail("no MQTT broker binary: run `make mosquitto` (Debian's mosquitto package, the service not started)")
     return found
 
 
