@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         default=300, ge=10, description="Seconds before an unacknowledged task is redelivered (Redis broker).")
 
+    # --- Kafka backlog: each key queue's consumer lag, for the router and /metrics (broker/kafka_lag.py) -----
+    kafka_lag_ttl: float = Field(
+        default=1.0, ge=0, le=60, description="Kafka broker: seconds a measured queue backlog (consumer lag) is "
+        "reused before the broker is asked again (two round trips for all queues); 0: measured at every read.")
+    kafka_lag_timeout: float = Field(
+        default=1.0, gt=0, le=30, description="Kafka broker: seconds one backlog measurement waits for the broker; "
+        "past it the last known values stay (asked again after 5 s at the earliest).")
+
     # --- Capture and detection ------------------------------------------------------------------------------
     frame_interval: float = Field(default=0.5, gt=0, le=60, description="Seconds between analysed frames per camera.")
     yolo_model: str = Field(default_factory=_default_model, description="Any file ultralytics loads; "

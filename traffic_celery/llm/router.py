@@ -10,6 +10,10 @@ Strategies (`TC_ROUTER`):
 
 Keys that are disabled, switched off or cooling down are skipped. If every usable key is cooling, the one whose
 cooldown ends first is chosen: its task waits on its queue instead of failing.
+
+`queued` is the key queue's depth: on Redis the lengths of its priority lists (LLEN), on Kafka its consumer
+group's lag (:mod:`traffic_celery.broker.kafka_lag`, measured at most every `TC_KAFKA_LAG_TTL` seconds, plus the
+tasks this process routed to the key since), 0 on another broker.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 import redis
 
 from traffic_celery import names
+from traffic_celery.broker.kafka_lag import KafkaLag, build_kafka_lag
 from traffic_celery.llm.budget import priority_queues
 from traffic_celery.llm.keys import ApiKey, KeyPool
 from traffic_celery.llm.limiter import KeyLimiter, build_limiter, prefix
@@ -61,11 +66,12 @@ return out
 
 class Router:
     def __init__(self, r: redis.Redis, pool: KeyPool, limiter: KeyLimiter, strategy: str = "least_loaded",
-                 broker: redis.Redis | None = None):
+                 broker: redis.Redis | None = None, lag: KafkaLag | None = None):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown router strategy {strategy!r}; use one of {STRATEGIES}")
         self._redis, self._pool, self.limiter, self.strategy = r, pool, limiter, strategy
         self._broker = broker  # the Redis broker, to read queue depths; None on another broker
+        self._lag = lag  # the Kafka broker's consumer lag, the queue depths there; None on another broker
         self._loads = r.register_script(_LOADS)
 
     def loads(self, keys: Iterable[ApiKey]) -> list[KeyLoad]:
@@ -82,12 +88,20 @@ class Router:
             lengths = bpipe.execute()
             steps = len(lengths) // len(keys)
             depths = [sum(lengths[i * steps:(i + 1) * steps]) for i in range(len(keys))]
+        elif self._lag is not None:  # Kafka: the consumer lag of each key's topic (cached, never raises)
+            backlog = self._lag.backlog(key.queue for key in keys)
+            depths = [backlog[key.queue] for key in keys]
         return [KeyLoad(key, bool(raw[3 * i]), max(raw[3 * i + 1], 0) / 1000, int(depths[i]), int(raw[3 * i + 2]))
                 for i, key in enumerate(keys)]
 
     def pick(self, exclude: Iterable[str] = ()) -> ApiKey:
         """The key for the next task, never one in `exclude` unless it is the only usable one."""
-        excluded = set(exclude)
+        key = self._choose(set(exclude))
+        if self._lag is not None:  # Kafka: the task counts in the key's backlog until the next measurement sees it
+            self._lag.added(key.queue)
+        return key
+
+    def _choose(self, excluded: set[str]) -> ApiKey:
         usable = [load for load in self.loads(self._pool.enabled) if not load.disabled]
         if not usable:
             raise NoKeyAvailable("no usable API key: every key is disabled or has enabled: false; fix the keys "
@@ -106,6 +120,7 @@ class Router:
 
 
 def build_router(settings: Settings, r: redis.Redis, pool: KeyPool) -> Router:
-    """The router of settings: its strategy, the shared limiter, and the broker's Redis for queue depths."""
+    """The router of settings: its strategy, the shared limiter, and what reads the queue depths: the broker's
+    Redis, or the Kafka broker's consumer lag."""
     broker = connect(settings, settings.effective_broker_url) if settings.broker_is_redis else None
-    return Router(r, pool, build_limiter(settings, r), settings.router, broker)
+    return Router(r, pool, build_limiter(settings, r), settings.router, broker, build_kafka_lag(settings))
