@@ -25,6 +25,7 @@ from traffic_celery.protocol import ConflictFacts, Incident, Verdict
 pytest_plugins = ["tests.databases"]
 
 TABLES = {"incidents", "incident_zones", "verdicts", "incident_media"}
+HEAD = "0002"  # the newest migration
 
 
 @pytest.fixture()
@@ -86,7 +87,7 @@ def test_migrate_twice_is_a_noop(database_url):
     try:
         assert current_revision(database_url) == (None, 0, set()), "the database should start empty"
         h.migrate()
-        assert current_revision(database_url) == ("0001", 1, TABLES | {"alembic_version"})
+        assert current_revision(database_url) == (HEAD, 1, TABLES | {"alembic_version"})
         h.save(make("kept"))
         h.migrate()
         other = History(database_url)  # another process starting later
@@ -95,7 +96,7 @@ def test_migrate_twice_is_a_noop(database_url):
             assert other.get("kept") == make("kept")
         finally:
             other.close()
-        assert current_revision(database_url) == ("0001", 1, TABLES | {"alembic_version"})
+        assert current_revision(database_url) == (HEAD, 1, TABLES | {"alembic_version"})
         assert h.count() == 1
     finally:
         h.close()
@@ -122,7 +123,7 @@ def test_processes_migrating_at_once_all_succeed(database_url):
         h.close()
     assert not any(t.is_alive() for t in threads)
     assert errors == []
-    assert current_revision(database_url) == ("0001", 1, TABLES | {"alembic_version"})
+    assert current_revision(database_url) == (HEAD, 1, TABLES | {"alembic_version"})
 
 
 def test_models_and_migration_agree(history, database_url):
@@ -139,8 +140,8 @@ def test_models_and_migration_agree(history, database_url):
             diff = compare_metadata(context, changed)
             assert [(d[0], d[3].name) for d in diff] == [("add_column", "extra")]
             indexes = {tuple(ix["column_names"]) for t in TABLES for ix in inspect(conn).get_indexes(t)}
-            assert {("camera_id", "started_at"), ("started_at",), ("severity_rank",), ("zone",),
-                    ("incident_id",)} <= indexes
+            assert {("camera_id", "started_at"), ("started_at", "camera_id", "severity", "conflict_type"),
+                    ("severity_rank",), ("zone",), ("incident_id",)} <= indexes
     finally:
         engine.dispose()
 
@@ -148,7 +149,7 @@ def test_models_and_migration_agree(history, database_url):
 def test_migrations_ship_with_the_package():
     names = {p.relative_to(MIGRATIONS).as_posix() for p in MIGRATIONS.rglob("*") if p.is_file()
              and "__pycache__" not in p.parts}
-    assert {"env.py", "script.py.mako", "versions/0001_incidents.py"} <= names
+    assert {"env.py", "script.py.mako", "versions/0001_incidents.py", "versions/0002_report_index.py"} <= names
 
 
 def test_sqlite_file_gets_its_folder_and_wal(tmp_path):

@@ -340,3 +340,77 @@ def test_page_edits_zones_and_calibration_and_shows_incidents(browser, web, samp
     finally:
         page.close()
         requests.delete(camera_url, timeout=5)
+
+
+def test_the_reports_view_draws_the_chart_the_heat_map_and_the_ranking(browser, web, system_env):
+    """The Reports tab on incidents saved in the web tier's history: an SVG chart with one bar per incident's bucket,
+    the camera's heat map loaded (over its snapshot's size), the ranking, CSV links, and Refresh picking up more."""
+    import csv
+    import io
+    import time
+
+    import cv2
+    import numpy as np
+
+    from traffic_celery.history import History
+    from traffic_celery.protocol import Incident
+
+    camera_id, now = "rep-page", time.time()
+
+    def save(history: History, n: int, severity: str, ago: float, point: list[int]) -> None:
+        history.save(Incident.model_validate({
+            "incidentId": f"{camera_id}-{n}", "cameraId": camera_id, "state": "end", "severity": severity,
+            "openedBy": "near_miss", "startedAt": now - ago, "updatedAt": now - ago + 2, "endedAt": now - ago + 3,
+            "zones": ["crossing"], "classes": ["car", "person"], "conflictType": "vehicle-pedestrian",
+            "metrics": {"conflictType": "vehicle-pedestrian", "trackIds": [1, 2], "classes": ["car", "person"],
+                        "ttc": 0.9, "distance": 3.0, "minDistance": 2.0, "units": "metric", "point": point}}))
+
+    history = History(system_env["TC_DATABASE_URL"])  # the session web tier's own history
+    try:
+        history.migrate()
+        for n, (severity, ago, point) in enumerate([("high", 3 * 3600, [200, 150]), ("medium", 2 * 3600, [210, 160]),
+                                                    ("medium", 1800, [400, 300])]):
+            save(history, n, severity, ago, point)
+        ok, buf = cv2.imencode(".jpg", np.full((360, 640, 3), 70, np.uint8))
+        history.put_media(f"{camera_id}-0", "snapshot", "image/jpeg", buf.tobytes())
+    finally:
+        history.close()
+    bars = ("[...document.querySelectorAll('#report-chart svg rect.bar[data-count]')]"
+            ".reduce((a, r) => a + Number(r.dataset.count), 0)")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(web + "/?autostart=0")
+        page.click("#tab-reports")
+        page.wait_for_selector("#live-view", state="hidden")
+        page.wait_for_selector(f'#report-camera option[value="{camera_id}"]', state="attached", timeout=15_000)
+        page.select_option("#report-camera", camera_id)
+        page.wait_for_function(f"{bars} === 3", timeout=15_000)
+        assert page.locator("#report-chart svg rect.bar.high[data-count]").count() == 1
+        assert page.locator("#report-chart svg rect.bar.medium[data-count]").count() == 2
+        assert page.locator("#report-chart svg g.legend").count() == 3  # high, medium, low
+        assert page.locator("#report-chart svg line.axis").count() >= 2
+        page.wait_for_function("(() => { const i = document.getElementById('heatmap');"
+                               f" return i.dataset.camera === '{camera_id}' && i.complete && i.naturalWidth > 0; }})()",
+                               timeout=15_000)
+        assert page.evaluate("document.getElementById('heatmap').naturalWidth") == 640  # the snapshot's width
+        row = page.inner_text(f'#rank-cameras tr[data-camera="{camera_id}"]')
+        assert row.split("\t")[1:4] == [camera_id, "7", "3"]  # score high 3 + medium 2 + medium 2; 3 incidents
+        href = page.get_attribute("#csv-incidents", "href")
+        assert f"cameraId={camera_id}" in href and "since=" in href
+        listed = list(csv.DictReader(io.StringIO(requests.get(web + href, timeout=10).text)))
+        assert [r["id"] for r in listed] == [f"{camera_id}-{n}" for n in range(3)]
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "page-reports.png"), full_page=True)
+        # one more incident: Refresh shows it
+        history = History(system_env["TC_DATABASE_URL"])
+        try:
+            save(history, 3, "high", 600, [220, 170])
+        finally:
+            history.close()
+        page.click("#report-refresh")
+        page.wait_for_function(f"{bars} === 4", timeout=15_000)
+        assert not errors, errors
+    finally:
+        page.close()

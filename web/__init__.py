@@ -71,13 +71,14 @@ def create_app(settings: Settings | None = None) -> Flask:
                                         history=history,
                                         retention=Retention(history, settings.incident_retention_days))
 
-    from web import auth, cameras_api, errors, incidents_api, openapi, routes, ws
+    from web import auth, cameras_api, errors, incidents_api, openapi, reports_api, routes, ws
 
     errors.install(app)
     auth.install(app, settings)
     app.register_blueprint(routes.bp)
     app.register_blueprint(cameras_api.bp)
     app.register_blueprint(incidents_api.bp)
+    app.register_blueprint(reports_api.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(ws.bp)
     sock.init_app(app)

@@ -62,6 +62,19 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, int, dict[str, Any]]] 
      None, 200, {}),
     ("get", "/api/incidents/{incident_id}/clip", "the incident's clip, from before it to after it (video/webm, "
      "VP8)", None, 200, {}),
+    ("get", "/api/reports/counts", "incident counts per bucket and severity (each incident once: series) and per "
+     "camera x zone x class x conflict type x severity (rows); ?bucket=15|60&cameraId=&since=&until=<epoch s or ISO "
+     "8601; default the last 24 h>&format=json|csv&rows=1|0 (0: series only)", None, 200,
+     {"type": "object", "properties": {"buckets": {"type": "array", "items": {"type": "integer"}},
+                                       "series": {"type": "object"}, "rows": {"type": ["array", "null"]},
+                                       "incidents": {"type": "integer"}}}),
+    ("get", "/api/reports/heatmap/{camera_id}.png", "the camera's near-miss heat map over its latest snapshot "
+     "(image/png); ?since=&until=", None, 200, {}),
+    ("get", "/api/reports/ranking", "cameras and zones ranked by severity-weighted incidents (high 3, medium 2, "
+     "low 1), with worst TTC/PET; ?since=&until=", None, 200,
+     {"type": "object", "properties": {"cameras": {"type": "array"}, "zones": {"type": "array"}}}),
+    ("get", "/api/reports/incidents.csv", "incidents as CSV, oldest first (text/csv); ?cameraId=&zone=&severity="
+     "<minimum>&since=&until=", None, 200, {}),
     ("get", "/api/openapi.json", "this description", None, 200, {}),
     ("post", "/api/login", "exchange TC_API_TOKEN for the session cookie (204 + Set-Cookie tc_session; 401 if "
      "wrong)", Login, 204, {}),

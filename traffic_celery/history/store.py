@@ -3,7 +3,8 @@
 It owns the engine and its per-database setup (SQLite: foreign keys on, WAL, a busy timeout, the file's folder
 created; PostgreSQL through psycopg 3), the schema's migration at start (Alembic, safe when several processes start
 at once), and the mapping between the protocol's :class:`~traffic_celery.protocol.Incident` and the rows of
-`models`. Everything else (the recorder, the REST API, retention) goes through this class, never through SQL.
+`models`. Everything else (the recorder, the REST API, retention) goes through this class, never through SQL; the
+read-only aggregates of `reports` (counts, heat maps, rankings, CSV) use its :attr:`History.engine`.
 
 Writes are idempotent: saving an incident again replaces its row and zones, and a verdict (by task id) is stored once
 whatever arrives twice. Lists page by keyset on (started_at, id), newest first, with an opaque cursor.
@@ -175,6 +176,11 @@ class History:
 
     def __repr__(self) -> str:
         return f"History({self.url!r})"
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, for the read-only aggregates of `traffic_celery.history.reports` (same package)."""
+        return self._engine
 
     def close(self) -> None:
         self._engine.dispose()

@@ -4,6 +4,7 @@
 // The traffic-safety layer: the camera's zones and masks drawn over the video, speeds once calibrated, conflicts
 // (TTC/PET) on the groups, the incidents panel (REST history merged with live `incident` events) and editors for
 // zones, the ground calibration rectangle and the camera's context.
+// The Reports view (a tab): incident counts as an SVG chart, a camera's near-miss heat map, the safety ranking, CSV.
 const $ = (id) => document.getElementById(id);
 const COLORS = { none: "#4caf50", low: "#cddc39", medium: "#ff9800", high: "#f44336" };
 const RANK = { none: 0, low: 1, medium: 2, high: 3 };
@@ -694,6 +695,153 @@ $("context-save").addEventListener("click", async () => {
 });
 $("editors").addEventListener("toggle", () => { if (!$("editors").open && drawing) stopDrawing(); else repaintLive(); });
 $("incidents-older").addEventListener("click", () => loadIncidents(false));
+
+// --- reports ---------------------------------------------------------------------------------------------------
+// The Reports view (a tab; /#reports opens it): incidents per bucket as a stacked bar chart drawn here as inline SVG
+// (no chart library), the near-miss heat map of one camera, the safety ranking and the CSV downloads, all from
+// /api/reports/*. It refreshes when opened, on Refresh and when a control changes.
+const STACK = ["low", "medium", "high"];   // bottom first
+let reportRun = 0;
+
+function showView(name) {
+  const reports = name === "reports";
+  $("live-view").hidden = reports;
+  $("reports-view").hidden = !reports;
+  for (const [id, on] of [["tab-live", !reports], ["tab-reports", reports]]) {
+    $(id).classList.toggle("active", on);
+    $(id).setAttribute("aria-selected", String(on));
+  }
+  history.replaceState(null, "", location.pathname + location.search + (reports ? "#reports" : ""));
+  if (reports) refreshReports();
+}
+
+async function refreshReports() {
+  const run = ++reportRun;
+  const until = Math.floor(Date.now() / 1000), since = until - Number($("report-period").value);
+  const bucket = $("report-bucket").value, camera = $("report-camera").value;
+  const period = { since: String(since), until: String(until) };
+  const scoped = { ...period, ...(camera ? { cameraId: camera } : {}) };
+  const qs = (o) => new URLSearchParams(o).toString();
+  $("report-error").textContent = "";
+  $("report-status").textContent = "loading…";
+  try {
+    const [counts, ranking] = await Promise.all([
+      api("GET", `/api/reports/counts?${qs({ ...scoped, bucket, rows: "0" })}`),   // the series: no table of rows
+      api("GET", `/api/reports/ranking?${qs(period)}`),
+    ]);
+    if (run !== reportRun) return;   // a newer refresh is on its way
+    fillReportCameras(ranking);
+    drawChart(counts, until - since);
+    renderRanking(ranking);
+    const heatCamera = camera || (selected !== null ? String(selected) : ranking.cameras[0]?.cameraId);
+    showHeatmap(heatCamera, period);
+    $("csv-incidents").href = `/api/reports/incidents.csv?${qs(scoped)}`;
+    $("csv-counts").href = `/api/reports/counts?${qs({ ...scoped, bucket, format: "csv" })}`;
+    $("report-status").textContent = `${new Date(since * 1000).toLocaleString()} → ${new Date(until * 1000).toLocaleString()}`;
+  } catch (e) {
+    if (run !== reportRun) return;
+    $("report-status").textContent = "";
+    if (e.status !== 401) $("report-error").textContent = e.message;
+  }
+}
+
+// Cameras in the registry and cameras with incidents in the period (a removed camera keeps its history).
+function fillReportCameras(ranking) {
+  const select = $("report-camera"), current = select.value;
+  const ids = [...new Set([...[...cameras.keys()].map(String), ...ranking.cameras.map((c) => String(c.cameraId))])].sort();
+  select.replaceChildren(new Option("all cameras", ""), ...ids.map((id) => new Option(`camera ${id}`, id)));
+  select.value = ids.includes(current) ? current : "";
+}
+
+function niceStep(max) {
+  const raw = max / 4;
+  if (raw <= 1) return 1;
+  const pow = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 5, 10].map((m) => m * pow).find((s) => s >= raw);
+}
+
+function drawChart(c, span) {
+  const W = 900, H = 290, L = 46, R = 12, T = 30, B = 44, pw = W - L - R, ph = H - T - B;
+  const n = c.buckets.length;
+  const totals = c.buckets.map((_, i) => STACK.reduce((a, s) => a + (c.series[s]?.[i] || 0), 0));
+  const max = Math.max(0, ...totals), step = niceStep(max), top = Math.max(step, Math.ceil(max / step) * step);
+  const y = (v) => T + ph - (v / top) * ph;
+  const bw = pw / Math.max(n, 1), gap = bw > 4 ? 1 : 0;
+  const when = (t) => new Date(t * 1000).toLocaleString([], span > 86400
+    ? { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" } : { hour: "2-digit", minute: "2-digit" });
+  const out = [];
+  for (let v = 0; v <= top; v += step) {
+    out.push(`<line class="grid" x1="${L}" x2="${W - R}" y1="${y(v)}" y2="${y(v)}"/>`,
+      `<text x="${L - 6}" y="${y(v) + 4}" text-anchor="end">${v}</text>`);
+  }
+  c.buckets.forEach((t, i) => {
+    let base = 0;
+    for (const s of STACK) {
+      const v = c.series[s]?.[i] || 0;
+      if (!v) continue;
+      out.push(`<rect class="bar ${s}" data-count="${v}" x="${(L + i * bw + gap).toFixed(2)}" y="${y(base + v).toFixed(2)}"
+        width="${Math.max(bw - 2 * gap, 0.8).toFixed(2)}" height="${(y(base) - y(base + v)).toFixed(2)}"><title>${esc(when(t))}: ${v} ${s}</title></rect>`);
+      base += v;
+    }
+  });
+  const every = Math.max(1, Math.ceil(n / 6));
+  for (let i = 0; i < n; i += every) {
+    const x = L + i * bw;
+    out.push(`<line class="axis" x1="${x}" x2="${x}" y1="${T + ph}" y2="${T + ph + 5}"/>`,
+      `<text x="${x}" y="${T + ph + 18}" text-anchor="middle">${esc(when(c.buckets[i]))}</text>`);
+  }
+  out.push(`<line class="axis" x1="${L}" x2="${W - R}" y1="${T + ph}" y2="${T + ph}"/>`,
+    `<line class="axis" x1="${L}" x2="${L}" y1="${T}" y2="${T + ph}"/>`,
+    `<text transform="translate(12 ${T + ph / 2}) rotate(-90)" text-anchor="middle">incidents per ${esc(c.bucketMinutes)} min</text>`,
+    `<text x="${L + pw / 2}" y="${H - 6}" text-anchor="middle">start of the bucket (local time)</text>`);
+  ["high", "medium", "low"].forEach((s, k) => {
+    const x = W - R - 250 + k * 85;
+    out.push(`<g class="legend"><rect class="bar ${s}" x="${x}" y="8" width="12" height="12"/><text x="${x + 17}" y="18">${s}</text></g>`);
+  });
+  if (!max) out.push(`<text class="empty" x="${L + pw / 2}" y="${T + ph / 2}" text-anchor="middle">no incidents in this period</text>`);
+  $("report-chart").innerHTML = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${W} ${H}" role="img"
+    aria-label="incidents per ${esc(c.bucketMinutes)} minutes by severity">${out.join("")}</svg>`;
+  $("report-total").textContent = `${c.incidents} incident${c.incidents === 1 ? "" : "s"}`;
+}
+
+function showHeatmap(camera, period) {
+  const img = $("heatmap");
+  if (camera === undefined || camera === null || camera === "") {
+    img.hidden = true; img.removeAttribute("src");
+    $("heatmap-info").textContent = "";
+    $("heatmap-hint").textContent = "no camera and no incidents: pick a camera above";
+    return;
+  }
+  $("heatmap-info").textContent = `camera ${camera}`;
+  $("heatmap-hint").textContent = "conflict points of the period over the camera's latest incident snapshot";
+  img.dataset.camera = String(camera);
+  img.hidden = false;
+  img.src = `/api/reports/heatmap/${encodeURIComponent(camera)}.png?${new URLSearchParams(period)}`;
+}
+
+function renderRanking(r) {
+  const t = (v) => esc(num(v, 2) ?? "—");
+  const cells = (x) => `<td>${esc(x.score)}</td><td>${esc(x.incidents)}</td><td>${esc(x.high)}</td><td>${esc(x.medium)}</td>
+    <td>${esc(x.low)}</td><td>${t(x.worstTtc)}</td><td>${t(x.worstPet)}</td>`;
+  const none = (cols) => `<tr><td colspan="${cols}" class="meta">no incidents in this period</td></tr>`;
+  $("rank-cameras").tBodies[0].innerHTML = r.cameras.slice(0, 20).map((x, i) =>
+    `<tr data-camera="${esc(x.cameraId)}"><td>${i + 1}</td><td>${esc(x.cameraId)}</td>${cells(x)}</tr>`).join("") || none(9);
+  $("rank-zones").tBodies[0].innerHTML = r.zones.slice(0, 20).map((x, i) =>
+    `<tr><td>${i + 1}</td><td>${esc(x.cameraId)}</td><td>${esc(x.zone)}</td>${cells(x)}</tr>`).join("") || none(10);
+}
+
+$("tab-live").addEventListener("click", () => showView("live"));
+$("tab-reports").addEventListener("click", () => showView("reports"));
+$("report-form").addEventListener("submit", (ev) => { ev.preventDefault(); refreshReports(); });
+for (const id of ["report-period", "report-bucket", "report-camera"]) $(id).addEventListener("change", refreshReports);
+$("heatmap").addEventListener("error", () => { $("heatmap-hint").textContent = "the heat map could not be loaded"; });
+$("rank-cameras").addEventListener("click", (ev) => {   // a camera's row: the report of that camera
+  const id = ev.target.closest("tr[data-camera]")?.dataset.camera;
+  if (id === undefined) return;
+  $("report-camera").value = id;
+  refreshReports();
+});
+if (location.hash === "#reports") showView("reports");
 
 // --- key pool ------------------------------------------------------------------------------------------------
 async function refreshKeys() {
