@@ -7,6 +7,7 @@ Nothing else in the code base reads the environment for configuration. Processes
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -122,7 +123,45 @@ class Settings(BaseSettings):
                                      "without renewing it; a dead node's cameras restart elsewhere after this.")
     capture_heartbeat: float = Field(default=1.0, gt=0.05, le=60, description="Seconds between a node's lease renewals "
                                      "and registry checks; keep it well under capture_lease_ttl.")
-    capture_max_cameras: int = Field(default=16, ge=1, le=1000, description="Cameras one capture node runs at most.")
+    capture_max_cameras: int = Field(default=64, ge=1, le=1000, description="Cameras one capture node runs at most "
+                                     "(the nodes share the cameras fairly below it).")
+
+    # --- Motion gating and capture processes (vision/gating.py, capture/processes.py) ------------------------
+    gate: bool = Field(default=True, description="Motion gating: detect only where something moved (crops), the "
+                       "whole frame at keyframes; off: the whole frame every time.")
+    gate_refresh: float = Field(default=5.0, gt=0, le=3600, description="Seconds between two full-frame detections "
+                                "(keyframes) of a gated camera, so nothing is missed for long.")
+    gate_max_area: float = Field(default=0.5, gt=0, le=1, description="When the moving regions cover more than this "
+                                 "share of the frame, the whole frame is detected (cheaper than the crops).")
+    gate_width: int = Field(default=160, ge=32, le=1920, description="About the width in pixels of the grey image "
+                            "motion is found in (the frame shrunk by a whole factor).")
+    gate_threshold: int = Field(default=20, ge=1, le=255, description="Grey levels (0-255) a pixel must change by, "
+                                "against the background or the previous frame, to count as moving.")
+    gate_alpha: float = Field(default=0.2, gt=0, le=1, description="Weight of each analysed frame in the running "
+                              "background average (higher: a stopped object stops moving sooner).")
+    gate_min_area: float = Field(default=0.0005, ge=0, lt=1, description="Moving blobs smaller than this share of "
+                                 "the frame are noise.")
+    gate_margin: float = Field(default=0.03, ge=0, le=1, description="Padding around a moving region, as a share of "
+                               "the frame's longer side (a person entering is detected whole).")
+    gate_hysteresis: float = Field(default=0.1, ge=0, lt=1, description="A gated camera keeps an object whose "
+                                   "confidence dips this much under TC_YOLO_CONF while it continues a box of the "
+                                   "previous frame (same class, IoU >= 0.5), so it does not blink.")
+    capture_processes: int | Literal["auto"] = Field(
+        default="auto", description="Capture node processes `traffic-celery capture` starts (the LiteRT model runs "
+        "on one thread, so one process is one core); auto: one per core.")
+
+    @field_validator("capture_processes", mode="before")
+    @classmethod
+    def _processes(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            count = int(str(value))
+        except ValueError:
+            count = 0
+        if not 1 <= count <= 256:
+            raise ValueError("must be auto or a number of processes from 1 to 256")
+        return count
 
     # --- The safety layer: near misses, incidents, history ---------------------------------------------------
     # Thresholds from the surrogate-safety literature: a TTC of 1.5 s or less marks a serious conflict in urban
@@ -183,6 +222,11 @@ class Settings(BaseSettings):
                                        "when its worker dies mid-call; default TC_LLM_TIMEOUT + 10.")
     max_reroutes: int = Field(default=20, ge=1,
                               description="Moves of one task between keys before it is dead-lettered.")
+
+    # --- The assessment path's cost (llm/client.py, bench/load.py) ------------------------------------------
+    llm_http_connections: int = Field(default=64, ge=1, le=4096, description="Keep-alive connections a worker "
+                                      "process keeps to each LLM provider (shared by its threads); at least the "
+                                      "worker's concurrency, or connections are opened and dropped per call.")
 
     # --- Telling people: MQTT and webhooks (traffic_celery.notify, the `notify` process) ---------------------
     mqtt_url: SecretStr | None = Field(
@@ -279,6 +323,13 @@ class Settings(BaseSettings):
     @property
     def sample_video(self) -> Path:
         return self.media_dir / "vtest.avi"
+
+    @property
+    def effective_capture_processes(self) -> int:
+        """`capture_processes`, with auto = the cores this process may run on."""
+        if self.capture_processes == "auto":
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return self.capture_processes
 
 
 class SettingsError(SystemExit):

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import redis
 from pydantic import BaseModel
+from redis.commands.core import Script
 
 from traffic_celery import names
 from traffic_celery.protocol import Assessment, EventType, Incident, encode
@@ -53,6 +54,18 @@ def load_image(r: redis.Redis, key: str) -> bytes | None:
     return cast("bytes | None", r.get(key))  # the project's clients return bytes (no decode_responses)
 
 
+_scripts: dict[str, Script] = {}
+
+
+def _script(r: redis.Redis, text: str) -> Script:
+    """The script object of `text`, made once per process (EVALSHA: Redis keeps it compiled, the body is not
+    sent with each call); call it with `client=r`."""
+    script = _scripts.get(text)
+    if script is None:
+        script = _scripts[text] = r.register_script(text)
+    return script
+
+
 # Atomic: a task's assessment is stored and published once, however often its callback is delivered.
 _STORE_ONCE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 86400) == false then return 0 end
@@ -79,14 +92,15 @@ def store_assessment(r: redis.Redis, assessment: Assessment, snapshot_ttl: int =
     step: an incident gets each verdict once, however often the callback is delivered. False if it was done
     already."""
     camera_id, task_id = assessment.cameraId, assessment.taskId
-    data = assessment.model_dump(mode="json", exclude_none=True)
+    # serialised once (pydantic's own JSON, compact, what `encode` would give): the event wraps the same text
+    data = assessment.model_dump_json(exclude_none=True)
+    event = '{"type":' + json.dumps(EventType.RISK_ASSESSMENT.value) + ',"data":' + data + "}"
     keys = [f"tc:done:{task_id}", names.latest_key(camera_id), names.alerts_key(camera_id),
             names.events_channel(camera_id), assessment.imageKey or "tc:img:none",
             names.snapshot_key(camera_id, task_id), names.verdicts_key(camera_id)]
     for_incidents = assessment.riskLevel in INCIDENT_RISK or assessment.incidentId is not None
-    done = r.eval(_STORE_ONCE, len(keys), *keys, json.dumps(data, separators=(",", ":")),
-                  encode(EventType.RISK_ASSESSMENT, data), LATEST_TTL, ALERTS_MAXLEN, snapshot_ttl,
-                  "1" if for_incidents else "0")
+    done = _script(r, _STORE_ONCE)(keys=keys, args=[data, event, LATEST_TTL, ALERTS_MAXLEN, snapshot_ttl,
+                                                     "1" if for_incidents else "0"], client=r)
     return bool(done)
 
 

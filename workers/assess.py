@@ -130,13 +130,15 @@ def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
     if blocked:
         limiter().release(key, grant.lease)
         raise _move(self, job, key, f"key {key.id} is {blocked}")
+    outcome = ""  # what the key's stats count for this call besides `calls` (limiter().finish)
     try:
         started = time.time()
         completion = llm_client.send(call, settings.llm_timeout,
                                      on_sent=lambda sent_at: limiter().confirm(key, grant.lease, sent_at))
         result = schema.parse_reply(completion.text, job.groupIndex)
+        outcome = "successes"
     except llm_client.RateLimited as exc:
-        limiter().count(key, "rate_limited")
+        outcome = "rate_limited"
         cooldown = exc.retry_after if exc.retry_after is not None else \
             limiter().next_backoff(key, settings.cooldown_first, settings.cooldown_max)
         limiter().cool_down(key, cooldown)
@@ -144,7 +146,7 @@ def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
         logger.warning("key %s answered 429; cooling it for %.1fs", key.id, cooldown)
         raise _move(self, job, key, "rate-limited by the provider") from None
     except llm_client.AuthRejected as exc:
-        limiter().count(key, "failures")
+        outcome = "failures"
         limiter().disable(key, str(exc))
         store.publish(redis_client(), job.cameraId, EventType.ERROR, ErrorEvent(
             code=ErrorCode.KEY_DISABLED, message=str(exc), cameraId=job.cameraId, keyId=key.id))
@@ -153,7 +155,7 @@ def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
         if isinstance(exc, SoftTimeLimitExceeded):
             exc = llm_client.LLMCallError(f"the call outlived the task's time limit "
                                           f"({self.soft_time_limit or self.app.conf.task_soft_time_limit}s)")
-        limiter().count(key, "failures")
+        outcome = "failures"
         failures = job.failures + 1
         if not getattr(exc, "retryable", True) or failures > settings.llm_max_retries:
             raise _give_up(task_id, job, f"{exc} (after {failures} failed attempts)") from None
@@ -162,9 +164,9 @@ def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
         retried = job.moved(failures=failures, startedAt=first_call_at or started)
         raise self.retry(args=[retried.to_wire()], countdown=countdown, max_retries=None) from None
     finally:
-        limiter().count(key, "calls")  # after the send: nothing but the HTTP call between grant and provider
-        limiter().release(key, grant.lease)
-    limiter().succeeded(key)
+        # after the send, so nothing but the HTTP call stands between grant and provider: the lease released,
+        # the call counted with its outcome, a success resetting the 429 backoff, in one round trip
+        limiter().finish(key, grant.lease, outcome)
     metrics = instruments.get()
     metrics.llm_seconds.labels(key.id, completion.model).observe(completion.latency)
     metrics.llm_tokens.labels(key.id, completion.model, "prompt").inc(completion.prompt_tokens)

@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger
 
-from traffic_celery.broker.config import config_for, count_publishes
+from traffic_celery.broker.config import FastReprAMQP, config_for, count_publishes
 from traffic_celery.logs import install_secret_filter
 from traffic_celery.settings import get_settings
 
@@ -27,7 +27,7 @@ def worker_app() -> Celery:
     from workers import events, task_metrics  # noqa: F401  (task_metrics connects Celery's signals)
 
     count_publishes()  # retries and linked callbacks are published by the worker's processes
-    celery = Celery("traffic_celery", set_as_current=True)
+    celery = Celery("traffic_celery", set_as_current=True, amqp=FastReprAMQP)
     celery.conf.update(config_for(get_settings()))
     events.install(celery)
     return celery

@@ -18,11 +18,14 @@ from traffic_celery.telemetry import instruments
 from workers.context import redis_client
 
 
-@shared_task(name="workers.results.on_assessment", acks_late=True)  # type: ignore[untyped-decorator]  # celery is untyped
+# ignore_result: the callback returns nothing and nobody reads its state, so Celery stores no result for it (a
+# GET, a SET and a PUBLISH per assessment saved); its monitoring events still go to Flower
+@shared_task(name="workers.results.on_assessment", acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]  # celery is untyped
 def on_assessment(result: dict[str, Any]) -> None:
-    """Store and publish the assessment `assess_group` returned (validated here, where it is read)."""
+    """Store and publish the assessment `assess_group` returned (validated here, where it is read, and
+    serialised once for the store and the event: `store.store_assessment`)."""
     assessed_at = time.time()
-    assessment = Assessment.model_validate(result).model_copy(update={"assessedAt": assessed_at})
+    assessment = Assessment.model_validate({**result, "assessedAt": assessed_at})
     if store.store_assessment(redis_client(), assessment, snapshot_ttl=get_settings().snapshot_ttl):
         metrics = instruments.get()
         metrics.assessments.labels(assessment.riskLevel).inc()

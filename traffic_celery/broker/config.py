@@ -16,10 +16,14 @@ never import the task modules.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from celery import Celery
+from celery.app.amqp import AMQP
+from celery.backends.redis import RedisBackend
 from celery.signals import after_task_publish
+from celery.utils.saferepr import saferepr
 
 from traffic_celery import names
 from traffic_celery.broker import redis_transport
@@ -72,7 +76,7 @@ def config_for(settings: Settings) -> dict[str, Any]:
                         "workers.webhooks.*": {"queue": names.WEBHOOKS_QUEUE}},
         # events for Flower
         "worker_send_task_events": True,
-        "task_send_sent_event": settings.events_on_broker,
+        "task_send_sent_event": settings.events_on_broker,  # but not for the callback: FastReprAMQP
         "worker_consumer": "workers.events:Consumer",
         "imports": ("workers.assess", "workers.results", "workers.webhooks"),
         "worker_hijack_root_logger": False,
@@ -93,10 +97,69 @@ def count_publishes() -> None:
     after_task_publish.connect(_count_publish, weak=False, dispatch_uid="traffic_celery.count_publishes")
 
 
+#: tasks sent without Celery's `task-sent` event (see :class:`FastReprAMQP`)
+QUIET_SENT = frozenset({"workers.results.on_assessment"})
+
+
+def fast_repr(value: Any, maxsize: int, maxlevels: int = 3) -> str:
+    """`repr(value)` when it fits in `maxsize` characters, else Celery's `saferepr` (which truncates): the
+    same display text for our small JSON arguments at a twentieth of saferepr's cost."""
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__: saferepr copes
+        text = None
+    if text is not None and len(text) <= maxsize:
+        return text
+    return str(saferepr(value, maxsize, maxlevels=maxlevels))
+
+
+class FastReprAMQP(AMQP):  # type: ignore[misc]  # celery is untyped
+    """Celery's message builder, used by the producers' and the workers' apps (`Celery(..., amqp=...)`), with
+    two cuts:
+
+    - :func:`fast_repr` for the `argsrepr`/`kwargsrepr` headers that Flower and the events show: Celery's
+      `saferepr` of an assessment took more CPU than the rest of building the message;
+    - no `task-sent` event for the result callback (:data:`QUIET_SENT`), which a worker publishes the moment
+      its `assess_group` succeeded and whose `task-received` follows within milliseconds: Flower lists it from
+      that event, and the worker saves a second publish per assessment. Every other task keeps its `task-sent`
+      (a task moved to another key's queue shows its new routing key)."""
+
+    def as_task_v2(self, *args: Any, **kwargs: Any) -> Any:
+        call = dict(zip(_AS_TASK_V2_PARAMS, args, strict=False))  # Celery passes most of them by position
+        call.update(kwargs)
+        if call.get("name") in QUIET_SENT:
+            call["create_sent_event"] = False
+        levels = self.app.conf.task_repr_maxlevels
+        if call.get("argsrepr") is None:
+            call["argsrepr"] = fast_repr(call.get("args") or (), self.argsrepr_maxsize, levels)
+        if call.get("kwargsrepr") is None:
+            call["kwargsrepr"] = fast_repr(call.get("kwargs") or {}, self.kwargsrepr_maxsize, levels)
+        return super().as_task_v2(**call)
+
+
+#: the named parameters of Celery's `AMQP.as_task_v2`, in order (without `self` and `**options`)
+_AS_TASK_V2_PARAMS = [name for name, p in inspect.signature(AMQP.as_task_v2).parameters.items()
+                      if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD][1:]
+
+
+class ProducerResultBackend(RedisBackend):  # type: ignore[misc]  # celery is untyped
+    """Celery's Redis result backend for producers: results are read (`AsyncResult(id).state`) as usual, but
+    sending a task no longer subscribes to its result channel. Celery's backend subscribes on every send so that
+    a later `.get()` need not poll; no producer here waits on a result, and the subscription cost every dispatch
+    a SUBSCRIBE and an UNSUBSCRIBE, and Redis a message to the producer per stored result."""
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+
 def producer_app(settings: Settings) -> Celery:
     """A Celery app that only sends tasks (by name) with this configuration: the capture side, the web tier,
     tests and benchmarks. It is not the current app and imports no task module."""
     count_publishes()
-    app = Celery("traffic_celery", set_as_current=False)
+    app = Celery("traffic_celery", set_as_current=False, amqp=FastReprAMQP)
     app.conf.update(config_for(settings))
+    backend_url = str(app.conf.result_backend)
+    if backend_url.startswith(("redis://", "rediss://")):
+        # Celery's `<backend class>+<url>` form: the class above, on the same Redis
+        app.conf.result_backend = f"{__name__}:{ProducerResultBackend.__name__}+{backend_url}"
     return app

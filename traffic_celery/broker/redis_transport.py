@@ -15,6 +15,11 @@ detached" into the connection error it is, which Celery handles by reconnecting.
 given back stay in Redis's unacked index and return to their queue after the visibility timeout
 (`unacked_restore_interval`, `traffic_celery.broker.config`), as for a killed worker.
 
+One cost cut, too: kombu makes a new `redis.Redis` object for every synchronous operation (each publish, each
+acknowledgement, each delivery's bookkeeping), and redis-py 8 spends about 65 µs building one (its table of
+response callbacks). The channel here keeps one per connection pool: a client holds no connection of its own
+(it takes one from the pool per command), so one object serves every thread as the many did.
+
 `traffic_celery.broker.config` selects this transport (`broker_transport`) only for `redis://` broker URLs; `rediss://`,
 `sentinel://` and Kafka keep kombu's own.
 """
@@ -36,6 +41,17 @@ NAME = "tcredis"
 
 class Channel(kombu_redis.Channel):
     # kombu is untyped: its Channel's methods are called through narrow no-untyped-call ignores
+    _sync_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:  # kombu caches its asynchronous client itself (`Channel.client`)
+            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
+        pool = self.pool
+        client = self._sync_client
+        if client is None or client.connection_pool is not pool:  # first use, or a new pool after a reconnect
+            client = self._sync_client = super()._create_client()  # type: ignore[no-untyped-call]
+        return client
+
     def close(self) -> None:
         try:
             super().close()  # type: ignore[no-untyped-call]

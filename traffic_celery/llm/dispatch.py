@@ -89,11 +89,13 @@ class Dispatcher:
         of the key the router picks, at the job's priority; returns the task id. A priority given with the job is
         kept, else the budget's (:func:`~traffic_celery.llm.budget.priority_of`). Raises
         :class:`~traffic_celery.llm.budget.Shed` (counted, nothing enqueued) when the budget sheds the job."""
-        key = self._router.pick()
         base = job if isinstance(job, Job) else Job.model_validate(job)
+        load = self._router.pick_load()
+        key = load.key
         priority = base.priority if "priority" in base.model_fields_set else budget.priority_of(base)
-        if base.reason == budget.REASSESS:  # only these are ever shed: read the key's queue only for them
-            wait = self.expected_wait(key)
+        if base.reason == budget.REASSESS:  # only these are ever shed: the depth the router just read
+            wait = (budget.expected_wait(load.queued, self._router.limiter.interval(key))
+                    if self._router.reads_queue_depths else None)
             shed = budget.should_shed(base, wait, self._shed_wait)
             if shed is not None:
                 budget.count_shed(self._router._redis, shed)  # the app's Redis, as the router's

@@ -19,6 +19,9 @@ Per key `<id>` (all under `tc:key:<id>:`):
 - `cooldown` (a key with a TTL) after a 429 or repeated failures, `disabled` after a 401/403: no grant while set.
 - `stats`: a hash of counters (calls, successes, rate_limited, failures) for `/api/keys` and metrics.
 
+A call costs three round trips: `acquire` (the grant), `confirm` (its send time, while the provider works on
+it) and `finish` (the lease released and the call counted with its outcome, in one script).
+
 Times come from Redis's own clock (`TIME`), so machines with skewed clocks still share one schedule.
 """
 
@@ -96,6 +99,21 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """
 
+# The end of a call, in one round trip: the lease released, the call counted with its outcome (a stats field:
+# successes, failures, rate_limited), and after a success the adaptive 429 backoff reset.
+FINISH = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'calls', 1)
+if ARGV[2] ~= '' then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+end
+if ARGV[2] == 'successes' then
+  redis.call('DEL', KEYS[3])
+end
+return 1
+"""
+OUTCOMES = ("successes", "failures", "rate_limited", "")
+
 
 def prefix(key_id: str) -> str:
     return f"tc:key:{key_id}:"
@@ -125,6 +143,7 @@ class KeyLimiter:
         self.tolerance = tolerance
         self._acquire = r.register_script(ACQUIRE)
         self._release = r.register_script(RELEASE)
+        self._finish = r.register_script(FINISH)
         self._confirm = r.register_script(CONFIRM)
         self.margin, self.max_wait, self.lease_ttl = margin, max_wait, lease_ttl
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -155,12 +174,22 @@ class KeyLimiter:
         self._confirm(keys=[prefix(key.id) + "sent"], args=[lease, sent_at])
 
     def release(self, key: ApiKey, lease: str) -> None:
+        """Give the lease back without a call (the call was not sent)."""
         self._release(keys=[prefix(key.id) + "leases"], args=[lease])
+
+    def finish(self, key: ApiKey, lease: str, outcome: str) -> None:
+        """A call ended: release its lease, count it in `calls` and in `outcome` (`successes`, `failures`,
+        `rate_limited`, or "" for nothing more), and after a success reset the 429 backoff: one round trip, where
+        release + count + :meth:`succeeded` took three."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown call outcome {outcome!r}; use one of {OUTCOMES}")
+        p = prefix(key.id)
+        self._finish(keys=[p + "leases", p + "stats", p + "backoff"], args=[lease, outcome])
 
     def blocked(self, key: ApiKey) -> str | None:
         """"cooling" or "disabled" if the key must not be called now, else None (a check before each send)."""
         p = prefix(key.id)
-        pipe = self._redis.pipeline()  # redis-py types pipelined commands as their results, not as chainable
+        pipe = self._redis.pipeline(transaction=False)  # redis-py types pipelined commands as their results
         pipe.exists(p + "disabled")
         pipe.exists(p + "cooldown")
         disabled, cooling = pipe.execute()
@@ -178,7 +207,7 @@ class KeyLimiter:
         return seconds
 
     def succeeded(self, key: ApiKey) -> None:
-        pipe = self._redis.pipeline()
+        pipe = self._redis.pipeline(transaction=False)
         pipe.delete(prefix(key.id) + "backoff")
         pipe.hincrby(prefix(key.id) + "stats", "successes", 1)
         pipe.execute()
