@@ -39,7 +39,8 @@ DESCRIPTIONS = {
               "Every other option goes to `celery worker` (see `celery -A workers.celery_app worker --help`); "
               "-Q replaces the default queues, e.g. `traffic-celery worker -Q llm.key-1` or "
               "`traffic-celery worker -Q results --pool threads --concurrency 8 --hostname results@%h`.",
-    "capture": "A capture node on its own, for capture loops on other machines than the web tier "
+    "capture": "Capture nodes on their own, one process per core (TC_CAPTURE_PROCESSES, default auto), for "
+               "capture loops beside or instead of the web tier's, here or on other machines "
                "(python -m traffic_celery.capture).",
     "provider": "The fake OpenAI-compatible vision LLM, for the demo and the tests "
                 "(python -m traffic_celery.fake_provider); `traffic-celery provider --help` lists its options.",

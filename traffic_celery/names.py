@@ -12,6 +12,7 @@ RESULTS_QUEUE = "results"
 ROUTER_COUNTER = "tc:router:rr"
 CAMERAS = "tc:cameras"  # hash: camera id -> JSON CameraConfig (the camera registry)
 CAMERAS_CONTROL = "tc:cameras:control"  # pub/sub: "the registry changed", so capture nodes act at once
+CAPTURE_NODES = "tc:capture:nodes"  # sorted set: live capture node ids, scored by when their heartbeat expires (ms)
 ASSESS_STATS = "tc:stats:assess"  # hash: LLM calls made per reason, and saved, by the assessment scheduler
 INCIDENT_STREAM = "tc:incidents:events"  # stream: every incident event, read by the notifiers (consumer group)
 WEBHOOKS_QUEUE = "webhooks"  # the Celery queue of webhook deliveries

@@ -7,6 +7,8 @@
 - `tc:camera:<id>:status` (hash) is the camera's last state (online / reconnecting / offline), message, node and
   counters, so a viewer who subscribes late, and `/api/cameras`, see it without waiting for the next event.
 - `tc:cameras:control` (pub/sub) wakes every capture node when the registry changes.
+- `tc:capture:nodes` (sorted set) holds the live capture nodes, each scored with the time its heartbeat expires
+  (Redis's clock), so the nodes share the cameras fairly (:meth:`CameraRegistry.heartbeat`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class CameraConfig(BaseModel):
     calibration: Calibration | None = None  # to the ground plane; None: metrics stay in relative units
     context: str | None = Field(default=None, max_length=300)  # told to the LLM: "school crossing, limit 30 km/h"
     detector: Literal["yolo", "colour"] = "yolo"  # colour: the synthetic scene's road users (safety.synthetic)
+    imgsz: int | None = Field(default=None, ge=32, le=4096)  # detector input (longer side); None: TC_YOLO_IMGSZ
 
     @field_validator("zones")
     @classmethod
@@ -103,6 +106,15 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
 
+# KEYS: live nodes; ARGV[1]: node id, ARGV[2]: ttl ms. The number of live nodes, this one included.
+_HEARTBEAT = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+return redis.call('ZCARD', KEYS[1])
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -116,6 +128,7 @@ class CameraRegistry:
         self._release = r.register_script(_RELEASE)
         self._set_status = r.register_script(_SET_STATUS)
         self._cas = r.register_script(_CAS)
+        self._heartbeat = r.register_script(_HEARTBEAT)
 
     # --- configs (the web tier) -------------------------------------------------------------------------------
     def update(self, camera_id: str, change: Callable[[CameraConfig | None], CameraConfig | None],
@@ -234,6 +247,14 @@ class CameraRegistry:
     def release(self, camera_id: str, node: str) -> None:
         self._release(keys=[names.owner_key(camera_id)], args=[node])
 
+    def heartbeat(self, node: str, ttl: float) -> int:
+        """Say that capture node `node` is alive for `ttl` seconds; returns how many nodes are alive (it included)."""
+        return int(self._heartbeat(keys=[names.CAPTURE_NODES], args=[node, int(ttl * 1000)]))
+
+    def node_gone(self, node: str) -> None:
+        """A capture node that stops: the others count it out at once instead of after its heartbeat's ttl."""
+        self._redis.zrem(names.CAPTURE_NODES, node)
+
     # --- status ---------------------------------------------------------------------------------------------
     def set_status(self, camera_id: str, state: CameraState, message: str, node: str) -> bool:
         """Record the camera's state and tell its viewers (`camera_status`, status 1 only when online), unless the
@@ -276,7 +297,7 @@ class CameraRegistry:
                                      "calibration": config.calibration.model_dump(mode="json")
                                      if config.calibration else None,
                                      "calibrated": config.calibration is not None, "context": config.context,
-                                     "detector": config.detector}
+                                     "detector": config.detector, "imgsz": config.imgsz}
             for key in ("framesAnalysed", "tasksEnqueued", "reconnects"):
                 if key in status:
                     entry[key] = json.loads(status[key])

@@ -5,6 +5,9 @@ changes go to `report` (the capture node records them and publishes `camera_stat
 (:class:`CaptureLoop`) wakes every `frame_interval` seconds (a file at `file_pace=fast`: as soon as the next frame
 is there), analyses the newest frame and:
 
+- detects where something moved (:class:`~traffic_celery.vision.gating.MotionGate`: crops of the moving regions,
+  the whole frame at keyframes, nothing when the scene is still; `TC_GATE=off`: the whole frame every time), at
+  the camera's own input size (`imgsz`) when it has one, and tracks;
 - publishes `detection_result` (with the frame as JPEG/base64) on the camera's channel;
 - asks the camera's :class:`~traffic_celery.vision.scheduling.AssessmentScheduler` which groups are due, stores each
   due group's crop in Redis with a TTL and hands a job per group to `enqueue` (which puts `assess_group` on the
@@ -67,6 +70,7 @@ from traffic_celery.safety.zones import ZoneSet
 from traffic_celery.settings import Settings
 from traffic_celery.telemetry import instruments
 from traffic_celery.vision.detection import Detector
+from traffic_celery.vision.gating import GateConfig, MotionGate
 from traffic_celery.vision.grouping import GroupIds, group_detections, group_features, union_box
 from traffic_celery.vision.motion import Motion
 from traffic_celery.vision.scheduling import AssessmentScheduler
@@ -124,6 +128,7 @@ class CaptureLoop:
         self._tracker: Tracker | None = None  # made in the loop's thread (imports ultralytics)
         self._group_ids = GroupIds()
         self._motion = Motion(settings.motion_window)
+        self.gate = MotionGate(GateConfig.from_settings(settings))  # detect where something moved (TC_GATE)
         self.scheduler = AssessmentScheduler.from_settings(settings)
         self._recorder = recorder
         self._zones = ZoneSet(config.zones)
@@ -212,7 +217,10 @@ class CaptureLoop:
                         redis_down_since = time.monotonic()
                         self.log.warning("cannot publish or enqueue (%s); this frame's results are dropped and "
                                          "the loop keeps analysing until Redis answers", exc)
-                next_at = max(next_at + interval, time.monotonic())
+                # keep the cadence on average: a frame that came late (a busy core, a slow read) is made up by
+                # the next ones coming sooner, at most one interval's worth, so the camera still gets 1/interval
+                # frames a second; beyond that the backlog is dropped, never analysed in a burst
+                next_at = max(next_at + interval, time.monotonic() - interval)
                 if self._stop.wait(next_at - time.monotonic()):
                     break
             if self.ended is not None and not self._stop.is_set():
@@ -251,7 +259,9 @@ class CaptureLoop:
         ts = time.time() if ts is None else ts
         height, width = frame.shape[:2]
         zones = self._zones
-        detections = [self._place(d, zones, width, height) for d in detector.detect(frame, self._tracker)]
+        found = self.gate.detect(frame, ts, detector, self._tracker, self.config.imgsz) \
+            if isinstance(detector, Detector) else detector.detect(frame, self._tracker)
+        detections = [self._place(d, zones, width, height) for d in found]
         detected = time.monotonic()
         self.frames_analysed += 1
         active = [d for d in detections if not d.masked]

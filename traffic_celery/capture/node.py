@@ -1,7 +1,7 @@
 """A capture node: runs the capture loops of the cameras it holds in the registry, one loop per camera in the
 whole deployment, however many viewers or web processes there are.
 
-Every node (the web process by default, and any `python -m workers.capture` process on any machine) runs a
+Every node (the web process by default, and any `traffic-celery capture` process on any machine) runs a
 supervisor thread that, every `capture_heartbeat` seconds and at once when the registry changes
 (`tc:cameras:control`):
 
@@ -10,8 +10,11 @@ supervisor thread that, every `capture_heartbeat` seconds and at once when the r
    marked stopped, and keep their last status and message);
 2. renews its leases (`tc:camera:<id>:owner`, TTL `capture_lease_ttl`); a camera whose lease another node holds
    is stopped here;
-3. claims cameras nobody holds (a new camera, or one whose node died and let its lease expire), up to
-   `capture_max_cameras`, and starts their loops.
+3. claims cameras nobody holds (a new camera, or one whose node died and let its lease expire), and starts their
+   loops, while it holds fewer than its fair share: ceil(enabled cameras / live nodes), at most
+   `capture_max_cameras`. Live nodes are counted from their heartbeats (`tc:capture:nodes`, renewed every round
+   with the leases' TTL); a node holding more than its share (a node joined) hands its newest cameras over, so
+   the cameras spread evenly over the nodes (the processes of `traffic-celery capture`, one per core).
 
 A loop that failed in this process (not its source: the model, say) is let go and may be claimed again after
 `RETRY_FAILED_AFTER` seconds, here or on another node. During a Redis outage the loops keep running; the leases
@@ -21,6 +24,7 @@ are taken again (or found lost) when Redis answers.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -109,9 +113,18 @@ class CaptureNode:
             self._wake.wait(self._settings.capture_heartbeat)
 
     # --- one round ------------------------------------------------------------------------------------------
+    def fair_share(self, configs: dict[str, CameraConfig]) -> tuple[int, int]:
+        """(cameras this node may hold, live nodes): ceil(enabled cameras / live nodes), capped by
+        `capture_max_cameras`; renews this node's heartbeat."""
+        live = self.registry.heartbeat(self.node_id, self._settings.capture_lease_ttl)
+        enabled = sum(1 for config in configs.values() if config.enabled)
+        return min(self._settings.capture_max_cameras, math.ceil(enabled / max(1, live))), live
+
     def tick(self) -> None:
         configs = self.registry.all()
         now = time.monotonic()
+        share, live = self.fair_share(configs)
+        handed_over = False
         with self._lock:
             for cid, loop in list(self._loops.items()):
                 config = configs.get(cid)
@@ -135,21 +148,27 @@ class CaptureNode:
                                                  self._settings.capture_lease_ttl).items():
                 if not held:
                     self._let_go(cid, "another capture node holds it", release=False)
+            for cid in list(self._loops)[share:]:  # the newest beyond the share go to the other nodes
+                self._let_go(cid, f"fair share: {share} cameras per node with {live} nodes")
+                handed_over = True
             for cid, config in sorted(configs.items()):
                 if not config.enabled or cid in self._loops or self._retry_at.get(cid, 0.0) > now:
                     continue
-                if len(self._loops) >= self._settings.capture_max_cameras:
+                if len(self._loops) >= share:
                     break
                 if self.registry.claim(cid, self.node_id, self._settings.capture_lease_ttl):
                     self._start_loop(config)
             self._retry_at = {cid: t for cid, t in self._retry_at.items() if t > now and cid in configs}
             counters = {cid: self._counters(loop) for cid, loop in self._loops.items()}
         self.registry.set_counters(counters)
+        if handed_over:
+            self.registry.notify()  # the other nodes claim them now, not at their next heartbeat
 
     @staticmethod
     def _counters(loop: CaptureLoop) -> dict[str, Any]:
         return {"framesAnalysed": loop.frames_analysed, "tasksEnqueued": loop.tasks_enqueued,
-                "reconnects": loop.source.reconnects if loop.source else 0}
+                "reconnects": loop.source.reconnects if loop.source else 0,
+                "countedAt": round(time.time(), 3)}  # when: a frame rate from two readings is exact
 
     def _start_loop(self, config: CameraConfig) -> None:
         cid = config.camera_id
@@ -190,11 +209,12 @@ class CaptureNode:
                                          "stopped; the next capture node to start takes it over", self.node_id)
             except redis.RedisError as exc:
                 logger.warning("could not hand camera %s over (%s); its lease expires by itself", cid, exc)
-        if loops:
-            try:
+        try:
+            self.registry.node_gone(self.node_id)
+            if loops:
                 self.registry.notify()
-            except redis.RedisError:
-                pass
+        except redis.RedisError:
+            pass
         if self.recorder is not None:
             self.recorder.join(timeout=10)
             self.recorder.stop()

@@ -16,11 +16,11 @@ risk level, shed reason.
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from prometheus_client import (
@@ -134,9 +134,18 @@ class Instruments:
                                          "not read")
 
 
-@functools.lru_cache(maxsize=1)
+_made: list[Instruments] = []
+_made_lock = threading.Lock()
+
+
 def get() -> Instruments:
-    """The process's instruments (configuring multiprocess mode from the settings if nobody did)."""
-    if "dir" not in _state:
-        configure(get_settings())
-    return Instruments()
+    """The process's instruments (configuring multiprocess mode from the settings if nobody did). Made once
+    under a lock: capture loops that start together would otherwise each make them, and all but the first would
+    fail on prometheus-client's duplicate registration."""
+    if not _made:
+        with _made_lock:
+            if not _made:
+                if "dir" not in _state:
+                    configure(get_settings())
+                _made.append(Instruments())
+    return _made[0]

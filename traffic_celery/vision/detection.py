@@ -3,10 +3,18 @@
 The model is loaded lazily (the first camera pays the load, not the web tier's start) and guarded by a lock:
 ultralytics predictors are not thread-safe (defect 7 of the old system). Results are converted here, once, into
 :class:`~traffic_celery.vision.types.Detection`; nothing downstream touches ultralytics objects.
+
+Every call may give its own input size (`imgsz`: the longer side, a camera's `imgsz` or a crop's): a YOLOv8 .tflite
+model runs at any size through :mod:`traffic_celery.vision.litert` (ultralytics would run it at its fixed 640x640);
+other formats go through ultralytics, which honours the size for PyTorch models and dynamic exports (a static export
+runs at its own size, said once in the log). :meth:`Detector.predict` gives raw boxes (the motion gate of
+:mod:`traffic_celery.vision.gating` detects crops with it), :meth:`Detector.track` turns boxes into tracked
+detections, and :meth:`Detector.detect` is both.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -18,6 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from traffic_celery.settings import REPO_ROOT, Settings
+from traffic_celery.vision import litert
+from traffic_celery.vision.litert import Prediction
 from traffic_celery.vision.types import Detection
 
 if TYPE_CHECKING:
@@ -59,38 +69,74 @@ class Detector:
                                 f"{sorted(self.names.values())[:8]}…")
         self._class_ids = [i for i, n in self.names.items() if n in classes] if classes else None
         self._conf = conf
-        self._imgsz = imgsz
+        self.imgsz = imgsz
         self._lock = threading.Lock()
         self.model_path = model_path
+        self._any_size = litert.load(model_path)  # None: ultralytics runs it
+        self.inputs: collections.Counter[int] = collections.Counter()  # calls per input size (longer side)
+        self._fixed_size_logged = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Detector:
         return cls(settings.model_path, conf=settings.yolo_conf, imgsz=settings.yolo_imgsz,
                    classes=settings.yolo_classes)
 
+    @property
+    def any_size(self) -> bool:
+        """Whether the input size of a call changes its cost (a small crop costs little): a .tflite model this
+        module rewrites, or a PyTorch model (ultralytics runs it at any size); not a static export."""
+        return self._any_size is not None or self.model_path.lower().endswith(".pt")
+
     def warm_up(self) -> None:
         """Run one blank frame: the first inference builds the runtime (seconds), so no real frame pays it."""
-        self.detect(np.zeros((self._imgsz, self._imgsz, 3), dtype=np.uint8))
+        self.detect(np.zeros((self.imgsz, self.imgsz, 3), dtype=np.uint8))
 
-    def detect(self, frame: NDArray[np.uint8], tracker: Tracker | None = None) -> list[Detection]:
-        """Objects in one BGR frame, most confident first. With the camera's tracker, `track_id`s are stable
-        across frames (and only confirmed tracks are returned); without it, they are indexes in the frame."""
+    @property
+    def conf(self) -> float:
+        return self._conf
+
+    def predict(self, image: NDArray[np.uint8], imgsz: int | None = None, conf: float | None = None) -> Prediction:
+        """Raw boxes in one BGR image (a frame or a crop), in its pixels, `imgsz` (default: the setting) being the
+        input's longer side, `conf` the lowest confidence (default: the setting)."""
+        size = imgsz or self.imgsz
+        floor = self._conf if conf is None else conf
+        if self._any_size is not None:
+            with self._lock:
+                self.inputs[size] += 1
+                return self._any_size.predict(image, size, floor, self._class_ids)
+        if size != self.imgsz and not self._fixed_size_logged:
+            self._fixed_size_logged = True  # ultralytics keeps a static export's own size whatever it is asked
+            logger.info("model %s: input size %d asked; a static export runs at the size it was exported at",
+                        self.model_path, size)
         with self._lock:
-            result = self._model.predict(frame, conf=self._conf, imgsz=self._imgsz, classes=self._class_ids,
+            self.inputs[size] += 1
+            result = self._model.predict(image, conf=floor, imgsz=size, classes=self._class_ids,
                                          verbose=False)[0]
         boxes = result.boxes.cpu().numpy()
+        return Prediction(np.asarray(boxes.xyxy, dtype=np.float32).reshape(-1, 4),
+                          np.asarray(boxes.conf, dtype=np.float32), np.asarray(boxes.cls, dtype=np.float32))
+
+    def detect(self, frame: NDArray[np.uint8], tracker: Tracker | None = None,
+               imgsz: int | None = None) -> list[Detection]:
+        """Objects in one BGR frame, most confident first. With the camera's tracker, `track_id`s are stable
+        across frames (and only confirmed tracks are returned); without it, they are indexes in the frame."""
+        return self.track(self.predict(frame, imgsz), tracker, frame)
+
+    def track(self, boxes: Prediction, tracker: Tracker | None, frame: NDArray[np.uint8]) -> list[Detection]:
+        """`boxes` of `frame` as detections, through the camera's tracker when there is one."""
         ids: list[int | None] = list(range(len(boxes)))
         xyxy, conf, cls = list(boxes.xyxy), list(boxes.conf), list(boxes.cls)
         if tracker is not None:
             rows = tracker.update(boxes, frame)
-            tracked = {int(row[7]) for row in rows}
+            matched = [int(row[7]) for row in rows]
             # confirmed tracks with their ids, then the detections the tracker has not confirmed yet: an object
-            # that just appeared next to a vehicle must not be hidden for a frame
-            untracked = [i for i in range(len(boxes)) if i not in tracked]
+            # that just appeared next to a vehicle must not be hidden for a frame. A track shows its detection's
+            # box, not the Kalman filter's estimate, which lags a walker seen at 2 fps (measured: 1 in 60 boxes
+            # off the object by IoU < 0.5); the safety layer smooths positions itself.
+            untracked = [i for i in range(len(boxes)) if i not in set(matched)]
             ids = [int(row[4]) for row in rows] + [None] * len(untracked)
-            xyxy = [row[:4] for row in rows] + [xyxy[i] for i in untracked]
-            conf = [row[5] for row in rows] + [conf[i] for i in untracked]
-            cls = [row[6] for row in rows] + [cls[i] for i in untracked]
+            order = matched + untracked
+            xyxy, conf, cls = [xyxy[i] for i in order], [conf[i] for i in order], [cls[i] for i in order]
         dets = [Detection(track_id=i, cls=self.names[int(c)], confidence=float(p),
                           bbox=tuple(float(v) for v in box))  # type: ignore[arg-type]  # a box has 4 values
                 for i, box, p, c in zip(ids, xyxy, conf, cls, strict=True)]  # parallel lists, one entry per box
