@@ -5,8 +5,9 @@ CPU goes.
 Each simulated camera sends, `--fps` times a second, the traffic groups of a recorded frame: crops and features
 recorded once from the sample video with the real detector (so YOLO is not the bottleneck), stored and
 dispatched as a capture loop does it (`store.store_image`, `Dispatcher`: the router picks a key, `assess_group`
-goes on `llm.<key>` with the callback linked). LLM worker processes (`--workers` x `--concurrency` threads) call
-the fake provider, the callback worker stores and publishes, the web tier relays to one WebSocket client
+goes on `llm.<key>`). LLM worker processes (`--workers` x `--concurrency` threads) call the fake provider and
+store and publish the assessment (the `results` worker of the Procfile runs too, idle unless a callback
+linked by an older producer comes), the web tier relays to one WebSocket client
 subscribed to every camera. Everything, Redis included, runs on this machine's cores, which other processes may
 share (the table says how busy they were).
 
@@ -304,8 +305,8 @@ def run(system: System, viewer: Viewer, recorded: list[list[dict[str, Any]]], ca
             f"{len(missing) - stored} never stored; e.g. {missing[:3]}; logs in {system.tmp}")
     latencies = [(at - data["frameTimestamp"] - data["llmLatency"]) * 1000 for at, data in arrived]
     # where it goes: frame to the call (dispatch, queue, worker pickup, limiter slot: the job's queueWait is from
-    # its enqueue, a millisecond after the frame here), the call's end to the stored assessment (parse, callback
-    # publish, the callback worker), stored to the client (pub/sub, relay, WebSocket)
+    # its enqueue, a millisecond after the frame here), the call's end to the stored assessment (parse, the
+    # store-and-publish script), stored to the client (pub/sub, relay, WebSocket)
     to_call = [d.get("queueWait", 0.0) * 1000 for _at, d in arrived]
     after = [((d.get("assessedAt") or at) - d["frameTimestamp"] - d["llmLatency"] - d.get("queueWait", 0.0)) * 1000
              for at, d in arrived]

@@ -2,7 +2,7 @@
 older git revision, run alternately in one command (the machine's other load hits both alike).
 
 For each tree: a private Redis, the fake provider (0.2 s), one LLM worker (threads, `--concurrency`), the
-callback worker (threads, 8), and this process dispatching `--groups` jobs at `--rate` per second as a capture
+`results` worker (threads, 8: the callbacks' worker of revisions that link one, idle in those that do not), and this process dispatching `--groups` jobs at `--rate` per second as a capture
 loop does (`store.store_image`, `Dispatcher`). Nothing relays to a browser: this is the Celery path alone, the
 part `bench/load.py` shows to cost the most. CPU ms per assessment of each process (user + system of its tree;
 the dispatcher's thread alone for the producer), and Redis commands per assessment (Lua's included). The older

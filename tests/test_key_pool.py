@@ -59,10 +59,7 @@ class PoolSystem:
             self.procs.append(Proc(f"worker{i}", [sys.executable, "-m", "workers", "--hostname", f"w{i}@%h",
                                                   "-Q", ",".join(f"llm.{k}" for k in keys),
                                                   "--concurrency", str(concurrency)], self.env, log_dir))
-        if workers:  # callbacks on their own worker, as the Procfile runs them
-            self.procs.append(Proc("results", [sys.executable, "-m", "workers", "--hostname", "r@%h", "-Q",
-                                               "results", "--pool", "threads", "--concurrency", "4"],
-                                   self.env, log_dir))
+        # no `results` worker: the LLM workers store and publish the assessments themselves
         for proc in self.procs[1:]:
             wait_for(lambda p=proc: p.alive() and "ready." in p.output(), 60, f"{proc.name} to be ready")
         self.pool = KeyPool.from_settings(self.settings)

@@ -5,8 +5,10 @@ break), against a real Redis, real worker processes and a real HTTP server:
   hammering one key still never exceed its QPS (by confirmed send times) nor its in-flight cap;
 - a dispatch costs the router's one script, the task's LPUSH and its `task-sent` event, and no result
   subscription; a `reassess` job is still shed on the depth that script read;
-- the result callback stores and publishes once per task id however often it is delivered, serialises once (the
-  event carries exactly the stored JSON), and stores no Celery result;
+- the LLM worker stores and publishes the assessment itself, with no `results` worker running and no callback
+  task sent; Celery keeps no result for it;
+- the callback older producers linked still stores and publishes once per task id however often it is delivered,
+  serialises once (the event carries exactly the stored JSON), and stores no Celery result;
 - the worker's task events still all reach a monitor (Flower), batched into fewer messages, and the callback has
   no `task-sent`;
 - the LLM client reuses keep-alive connections across threads and still reports when the request went out and
@@ -239,6 +241,50 @@ def test_fast_repr_keeps_the_display_text_and_the_callback_has_no_task_sent_even
         assert callback.sent_event is None and callback.headers["argsrepr"] == repr(small)
     finally:
         app.close()
+
+
+# --- the assessment is stored where it is made ----------------------------------------------------------------------
+
+def test_the_llm_worker_stores_and_publishes_the_assessment_itself(isolated_redis, base_env, provider, log_dir):
+    """Only the keys' queues are consumed (no `results` worker): the client still gets each assessment once,
+    the camera's latest is stored, no callback task is sent and Celery keeps no result."""
+    r = isolated_redis.client
+    env = isolated_redis.env({**base_env, "TC_LLM_BASE_URL": provider["url"]})
+    worker = Proc("llm-only", [sys.executable, "-m", "workers", "-Q", "llm.test-a,llm.test-b", "--pool", "threads",
+                               "--concurrency", "4", "--hostname", f"llm-only-{uuid.uuid4().hex[:6]}@%h"],
+                  env, log_dir)
+    settings = Settings(redis_url=isolated_redis.url, llm_api_keys=TEST_KEYS)
+    app = producer_app(settings)
+    events = r.pubsub(ignore_subscribe_messages=True)
+    events.subscribe(names.events_channel("inline"))
+    try:
+        wait_for(lambda: worker.alive() and "ready." in worker.output(), 60, "the LLM worker")
+        dispatch = Dispatcher(app, build_router(settings, r, KeyPool.from_settings(settings)))
+        fields = {"cameraId": "inline", "groupIndex": 0, "features": {"objectCount": 2, "minGap": 0.3,
+                                                                       "classCounts": {"car": 1, "person": 1}},
+                  "memberTrackIds": [1, 2], "frameTimestamp": time.time(), "reason": "appeared"}
+        task_ids = [dispatch({**fields, "groupId": f"g{i}", "imageKey": store.store_image(r, _jpeg(), 60)})
+                    for i in range(3)]
+        seen: dict[str, int] = {}
+
+        def delivered() -> bool:
+            while (msg := events.get_message(timeout=0.1)) is not None:
+                event_type, data = decode(msg["data"].decode())
+                if event_type.value == "risk_assessment":
+                    seen[data["taskId"]] = seen.get(data["taskId"], 0) + 1
+            return set(seen) == set(task_ids)
+
+        wait_for(delivered, 60, lambda: f"three risk_assessment events, got {seen}; worker: {worker.output()[-800:]}")
+        wait_for(lambda: r.hlen("unacked") == 0, 30, "the tasks to be acknowledged")
+        delivered()
+        assert seen == dict.fromkeys(task_ids, 1)
+        assert json.loads(r.get(names.latest_key("inline")))["taskId"] in task_ids
+        assert r.llen(names.RESULTS_QUEUE) == 0  # no callback sent
+        assert not any(r.exists(f"celery-task-meta-{task_id}") for task_id in task_ids)  # ignore_result
+    finally:
+        events.close()
+        app.close()
+        worker.stop()
 
 
 # --- the callback: once, cheap, monitored --------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 - **Client messages** (browser → server): :class:`ClientMessageType`; ws.py validates their data.
 - **The job** (capture loop → `workers.assess.assess_group`, a Celery task argument): :class:`Job`. It carries the
   crop's Redis key and the API key's *id*, never image bytes or a secret.
-- **The assessment** (`assess_group` → `workers.results.on_assessment` → Redis → every client): :class:`Assessment`.
+- **The assessment** (`assess_group` → Redis → every client): :class:`Assessment`.
 - **A key's state** as the limiter reports it (`/api/keys`, metrics): :class:`KeyState`.
 
 Producers build these models and dump them (`to_wire()`); consumers validate what they read
@@ -202,7 +202,7 @@ class Job(_Wire):
 
 
 class Assessment(_Wire):
-    """The LLM's verdict on one group: returned by `assess_group`, stored by the callback, sent to clients as
+    """The LLM's verdict on one group: made and stored by `assess_group`, sent to clients as
     `risk_assessment`. One per task id, whatever retries or moves the task went through."""
 
     cameraId: str

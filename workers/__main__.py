@@ -2,9 +2,10 @@
 `webhooks`.
 
 Extra options go to `celery worker`; `-Q`/`--queues` replaces the default queues, for example
-`python -m workers -Q llm.key-1` for a worker on one key, or the Procfile's dedicated callback worker
-`python -m workers -Q results --pool threads`: kombu's Redis transport fetches from a worker's queues in turn, so
-under an LLM backlog callbacks on a shared worker would get one fetch in five; their own worker keeps them prompt.
+`python -m workers -Q llm.key-1` for a worker on one key, or the Procfile's worker for webhook deliveries
+`python -m workers -Q results,webhooks --pool threads`: kombu's Redis transport fetches from a worker's queues in
+turn, so under an LLM backlog deliveries on a shared worker would get one fetch in five; their own worker keeps
+them prompt.
 """
 
 import sys

@@ -1,8 +1,11 @@
 """`workers.assess.assess_group`: ask the vision LLM about one traffic group's crop, within the key's limits.
 
 The argument is a JSON job (camera, group, image key, features, key *id*, counters); the secret is resolved here,
-so it never appears in the broker, the result backend or Flower. Every move is a Celery retry of the same task id
-(the linked callback travels with it), so clients see one assessment per task whatever happened on the way:
+so it never appears in the broker, the result backend or Flower. The task stores and publishes the assessment
+itself (:func:`workers.results.record`: one Lua script, once per task id), so an assessment costs one Celery task,
+not a task and a callback; Celery keeps no result for it (`ignore_result`: nobody reads it, the stored assessment
+is the result), and the task's return value is a one-line summary that Flower shows. Every move is a Celery retry
+of the same task id, so clients see one assessment per task whatever happened on the way:
 
 - no slot on the key within `TC_LIMIT_MAX_WAIT`: moved to the key with the smallest expected wait, or retried
   on the same queue when its slot comes if that key is the best;
@@ -11,7 +14,8 @@ so it never appears in the broker, the result backend or Flower. Every move is a
 - 401/403: the key is disabled, an `error` event says so, and the task moves to another key;
 - 5xx, timeouts, a reply outside the schema: retried with exponential backoff and jitter, up to
   `TC_LLM_MAX_RETRIES`; then, like any other 4xx or an expired crop, the task goes to the dead-letter store
-  `tc:dlq` with its reason, an `error` event reaches the camera's clients, and the task fails.
+  `tc:dlq` with its reason, an `error` event reaches the camera's clients, and the task fails;
+- Redis unreachable when the assessment is to be stored: retried like a failed call (the call is made again).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import random
 import time
 from typing import Any
 
+import redis
 from celery import Task, shared_task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 
@@ -33,6 +38,7 @@ from traffic_celery.protocol import Assessment, ErrorCode, ErrorEvent, EventType
 from traffic_celery.settings import get_settings
 from traffic_celery.telemetry import instruments
 from workers.context import key_pool, limiter, redis_client, router
+from workers.results import record
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +106,11 @@ def _shed_if_stale(task: Task, job: Job) -> None:
     raise Ignore()
 
 
-@shared_task(bind=True, name="workers.assess.assess_group", max_retries=None, acks_late=True)  # type: ignore[untyped-decorator]  # celery is untyped
-def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
-    """Call the LLM for one group and return the :class:`~traffic_celery.protocol.Assessment` (as JSON)."""
+@shared_task(bind=True, name="workers.assess.assess_group", max_retries=None, acks_late=True,  # type: ignore[untyped-decorator]  # celery is untyped
+             ignore_result=True)
+def assess_group(self: Task, raw_job: dict[str, Any]) -> str:
+    """Call the LLM for one group, store and publish the :class:`~traffic_celery.protocol.Assessment`; returns
+    a summary for Flower ("high: a pedestrian steps out…", or "already stored" for a redelivered task)."""
     settings = get_settings()
     task_id = self.request.id
     job = Job.model_validate(raw_job)  # a malformed job fails here, naming the field
@@ -171,7 +179,7 @@ def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
     metrics.llm_seconds.labels(key.id, completion.model).observe(completion.latency)
     metrics.llm_tokens.labels(key.id, completion.model, "prompt").inc(completion.prompt_tokens)
     metrics.llm_tokens.labels(key.id, completion.model, "completion").inc(completion.completion_tokens)
-    return Assessment(
+    assessment = Assessment(
         cameraId=job.cameraId, groupId=job.groupId, groupIndex=job.groupIndex, taskId=task_id,
         riskLevel=result.riskLevel, riskTypes=result.riskTypes, description=result.description,
         confidence=result.confidence, dangerObjectIds=result.triggerObjectIds,
@@ -179,4 +187,18 @@ def assess_group(self: Task, raw_job: dict[str, Any]) -> dict[str, Any]:
         frameTimestamp=job.frameTimestamp, queueWait=round((first_call_at or started) - (job.enqueuedAt or started), 4),
         moves=job.moves + job.reroutes, imageKey=job.imageKey, incidentId=job.incidentId, reason=job.reason,
         memberTrackIds=job.memberTrackIds,
-    ).to_wire()
+    )
+    try:
+        stored = record(assessment)
+    except redis.RedisError as exc:
+        failures = job.failures + 1
+        if failures > settings.llm_max_retries:
+            raise AssessmentFailed(f"cannot store the assessment: Redis did not answer ({exc}) after {failures} "
+                                   f"attempts; check TC_REDIS_URL") from exc
+        countdown = _backoff(failures)
+        logger.warning("task %s: cannot store the assessment (%s); calling again in %.1fs", task_id, exc, countdown)
+        retried = job.moved(failures=failures, startedAt=first_call_at or started)
+        raise self.retry(args=[retried.to_wire()], countdown=countdown, max_retries=None) from exc
+    if not stored:
+        return "already stored"
+    return f"{assessment.riskLevel}: {assessment.description[:80]}"

@@ -1,5 +1,6 @@
-"""Puts an assessment job on Celery: `assess_group` on the queue of the key the router picks, with
-`on_assessment` linked on the `results` queue. Tasks are sent by name, so the capture side never imports them.
+"""Puts an assessment job on Celery: `assess_group` on the queue of the key the router picks; the task stores
+and publishes its assessment itself (no callback task). Tasks are sent by name, so the capture side never imports
+them.
 
 The LLM budget (:mod:`traffic_celery.llm.budget`) decides two things here: the job's priority (`Job.priority`,
 sent as Celery's `priority`, so on Redis the most urgent task of all queues is the next one a worker takes; on
@@ -22,7 +23,6 @@ from typing import Any
 from celery import Celery
 from kombu.utils.encoding import safe_repr
 
-from traffic_celery import names
 from traffic_celery.llm import budget
 from traffic_celery.llm.keys import ApiKey
 from traffic_celery.llm.router import Router
@@ -32,7 +32,7 @@ from traffic_celery.settings import Settings
 logger = logging.getLogger(__name__)
 
 ASSESS_TASK = "workers.assess.assess_group"
-CALLBACK_TASK = "workers.results.on_assessment"
+CALLBACK_TASK = "workers.results.on_assessment"  # the callback older producers linked (still consumed on `results`)
 
 
 class SentEvents:
@@ -102,10 +102,9 @@ class Dispatcher:
                 logger.debug("shed %s job of camera %s group %s: key %s expects a %.1fs wait", base.reason,
                              base.cameraId, base.groupId, key.id, wait or 0.0)
                 raise budget.Shed(shed, key.id, wait)
-        callback = self._app.signature(CALLBACK_TASK, queue=names.RESULTS_QUEUE)
         wire = base.moved(keyId=key.id, enqueuedAt=time.time(), failures=0, reroutes=0,
                           priority=priority).to_wire()
-        result = self._app.send_task(ASSESS_TASK, args=[wire], queue=key.queue, link=callback,
+        result = self._app.send_task(ASSESS_TASK, args=[wire], queue=key.queue,
                                      priority=budget.celery_priority(priority, self._transport))
         if self._events is not None:
             self._events.send(result.id, ASSESS_TASK, [wire], key.queue)
