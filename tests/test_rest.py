@@ -93,6 +93,11 @@ def test_patch_with_a_wrong_type_is_400(web, sample_video):
     assert r.json()["url"] == str(sample_video.parent.resolve() / "other.avi")  # relative to the media folder
     r = api(web, "PATCH", "/api/cameras/p1", json={"enabled": None})
     assert r.status_code == 400 and r.json()["field"] == "enabled" and "null" in r.json()["error"]
+    r = api(web, "PATCH", "/api/cameras/p1", json={"imgsz": 320})  # the detector's input size for this camera
+    assert r.status_code == 200 and r.json()["imgsz"] == 320
+    r = api(web, "PATCH", "/api/cameras/p1", json={"imgsz": 16})
+    assert r.status_code == 400 and r.json()["field"] == "imgsz"
+    assert api(web, "GET", "/api/cameras/p1").json()["imgsz"] == 320
 
 
 def test_a_media_path_relative_to_the_working_directory_is_taken_once(web, sample_video):

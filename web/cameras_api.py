@@ -51,6 +51,8 @@ class CameraCreate(BaseModel):
     context: StrictStr | None = Field(None, max_length=300, description="told to the LLM with every group")
     detector: Literal["yolo", "colour"] = Field("yolo", description="colour: the synthetic scene's coloured road "
                                                 "users (python -m traffic_celery.safety.synthetic)")
+    imgsz: StrictInt | None = Field(None, ge=32, le=4096, description="the detector's input size (the frame's "
+                                    "longer side, pixels) for this camera; null: TC_YOLO_IMGSZ")
 
     @field_validator("cameraId", mode="before")
     @classmethod
@@ -68,6 +70,8 @@ class CameraChange(BaseModel):
     enabled: StrictBool | None = None
     context: StrictStr | None = Field(None, max_length=300, description="told to the LLM with every group of this "
                                       "camera, e.g. 'school crossing, limit 30 km/h'; null clears it")
+    imgsz: StrictInt | None = Field(None, ge=32, le=4096, description="the detector's input size for this camera; "
+                                    "null: TC_YOLO_IMGSZ")
 
     @field_validator("url", "enabled", mode="before")
     @classmethod
@@ -130,7 +134,7 @@ def add_camera() -> ResponseReturnValue:
     body: CameraCreate = parse(CameraCreate)
     camera_id = camera_id_of(body.cameraId)
     config = CameraConfig(cameraId=camera_id, url=checked_url(body.url), frameInterval=body.frameInterval,
-                          enabled=body.enabled, context=body.context, detector=body.detector)
+                          enabled=body.enabled, context=body.context, detector=body.detector, imgsz=body.imgsz)
     if not runtime(current_app).cameras.add(config):  # atomic: of two concurrent adds, one gets the 409
         raise ApiError(409, f"camera {camera_id} exists; change it with PATCH /api/cameras/{camera_id}",
                        "cameraId")
@@ -161,7 +165,8 @@ def change_camera(camera_id: str) -> ResponseReturnValue:
             return None
         update = {"url": url or current.url, "frame_interval": changes.get("frameInterval", current.frame_interval),
                   "enabled": changes.get("enabled", current.enabled),
-                  "context": changes.get("context", current.context)}
+                  "context": changes.get("context", current.context),
+                  "imgsz": changes.get("imgsz", current.imgsz)}
         if update["url"] != current.url:
             update["verified"] = False  # a new URL must prove itself
         # validated again as a whole (model_copy would not): nothing malformed reaches the registry
