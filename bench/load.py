@@ -42,6 +42,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -303,6 +304,14 @@ def run(system: System, viewer: Viewer, recorded: list[list[dict[str, Any]]], ca
     if missing:
         log(f"[{label}] {len(missing)} not at the client: {stored} stored (lost between Redis and the client), "
             f"{len(missing) - stored} never stored; e.g. {missing[:3]}; logs in {system.tmp}")
+    never = [t for t in missing if not system.r.exists(f"tc:done:{t}")]
+    if never:  # keep the evidence: the temporary folder goes with the run
+        kept = REPO / "test-artifacts" / f"load-logs-{label.split(':')[0]}-{int(time.time())}"
+        shutil.copytree(system.tmp, kept, ignore=shutil.ignore_patterns("metrics"), dirs_exist_ok=True)
+        mentions = [f"{path.name}: {line.strip()[:300]}" for path in sorted(kept.glob("*.log"))
+                    for line in path.read_text(errors="replace").splitlines() if never[0] in line]
+        log(f"[{label}] the processes' logs are kept in {kept}; what they say of {never[0]}: "
+            f"{mentions[:5] or 'nothing'}")
     latencies = [(at - data["frameTimestamp"] - data["llmLatency"]) * 1000 for at, data in arrived]
     # where it goes: frame to the call (dispatch, queue, worker pickup, limiter slot: the job's queueWait is from
     # its enqueue, a millisecond after the frame here), the call's end to the stored assessment (parse, the
