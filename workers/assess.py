@@ -60,6 +60,15 @@ def _backoff(failures: int) -> float:
     return min(60.0, 2.0 ** failures) * random.uniform(0.5, 1.0)
 
 
+def _retry_later(task: Task, job: Job, failures: int, started_at: float, why: str) -> Retry:
+    """Retry the task on its queue after a failed attempt (`failures` so far), with exponential backoff and
+    jitter; the call is made again."""
+    countdown = _backoff(failures)
+    logger.warning("task %s %s; retrying in %.1fs", task.request.id, why, countdown)
+    retried = job.moved(failures=failures, startedAt=started_at)
+    return task.retry(args=[retried.to_wire()], countdown=countdown, max_retries=None)
+
+
 def _retry_on(task: Task, job: Job, key: ApiKey, countdown: float, counter: str) -> Retry:
     """Retry the task on `key`'s queue: the same task id and linked callback, the move counted in `counter`."""
     new_job = job.moved(keyId=key.id, **{counter: getattr(job, counter) + 1})
@@ -171,10 +180,7 @@ def assess_group(self: Task, raw_job: dict[str, Any]) -> str:
         failures = job.failures + 1
         if not getattr(exc, "retryable", True) or failures > settings.llm_max_retries:
             raise _give_up(task_id, job, f"{exc} (after {failures} failed attempts)") from None
-        countdown = _backoff(failures)
-        logger.warning("task %s on key %s: %s; retrying in %.1fs", task_id, key.id, exc, countdown)
-        retried = job.moved(failures=failures, startedAt=first_call_at or started)
-        raise self.retry(args=[retried.to_wire()], countdown=countdown, max_retries=None) from None
+        raise _retry_later(self, job, failures, first_call_at or started, f"on key {key.id}: {exc}") from None
     finally:
         # after the send, so nothing but the HTTP call stands between grant and provider: the lease released,
         # the call counted with its outcome, a success resetting the 429 backoff, in one round trip
@@ -199,10 +205,8 @@ def assess_group(self: Task, raw_job: dict[str, Any]) -> str:
         if failures > settings.llm_max_retries:
             raise AssessmentFailed(f"cannot store the assessment: Redis did not answer ({exc}) after {failures} "
                                    f"attempts; check TC_REDIS_URL") from exc
-        countdown = _backoff(failures)
-        logger.warning("task %s: cannot store the assessment (%s); calling again in %.1fs", task_id, exc, countdown)
-        retried = job.moved(failures=failures, startedAt=first_call_at or started)
-        raise self.retry(args=[retried.to_wire()], countdown=countdown, max_retries=None) from exc
+        raise _retry_later(self, job, failures, first_call_at or started,
+                           f"cannot store the assessment ({exc})") from exc
     if not stored:
         return "already stored"
     return f"{assessment.riskLevel}: {assessment.description[:80]}"

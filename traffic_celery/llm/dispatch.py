@@ -24,7 +24,6 @@ from celery import Celery
 from kombu.utils.encoding import safe_repr
 
 from traffic_celery.llm import budget
-from traffic_celery.llm.keys import ApiKey
 from traffic_celery.llm.router import Router
 from traffic_celery.protocol import Job
 from traffic_celery.settings import Settings
@@ -111,15 +110,3 @@ class Dispatcher:
         logger.debug("enqueued %s (priority %d) for camera %s group %s on %s", result.id, priority, base.cameraId,
                      base.groupId, key.queue)
         return str(result.id)
-
-    def expected_wait(self, key: ApiKey) -> float | None:
-        """Seconds a lowest-priority job enqueued now on `key` would wait (one round trip to the Redis broker:
-        the lengths of the queue's priority lists); None on a broker whose queues cannot be read (Kafka)."""
-        broker = self._router._broker  # the router's connection to the Redis broker (None on Kafka)
-        if broker is None:
-            return None
-        pipe = broker.pipeline(transaction=False)
-        for name in budget.priority_queues(key.queue):
-            pipe.llen(name)
-        queued = sum(int(n) for n in pipe.execute())
-        return budget.expected_wait(queued, self._router.limiter.interval(key))
