@@ -87,17 +87,21 @@ def matches(ref: Prediction, boxes: np.ndarray, classes: np.ndarray) -> np.ndarr
     return overlap.max(axis=1) >= 0.5
 
 
-def recall(detector: Detector, frames: list[np.ndarray], settings: Settings) -> dict[str, Any]:
+def recall(detector: Detector, frames: list[np.ndarray], settings: Settings, imgsz: int) -> dict[str, Any]:
+    """Gated and full-frame detection (tracked) at input size `imgsz` against full-frame detection at the same
+    size (the goal's measure) and, when `imgsz` is not the detector's own size, against full-frame detection at
+    the detector's size too (what the smaller input costs)."""
     ids = {name: i for i, name in detector.names.items()}
-    refs = [detector.predict(f) for f in frames]
+    refs = [detector.predict(f, imgsz) for f in frames]
+    own = refs if imgsz == detector.imgsz else [detector.predict(f) for f in frames]
     results: dict[str, Any] = {}
     for mode, config in (("gated", GateConfig.from_settings(settings)), ("full", GateConfig(enabled=False))):
         gate, tracker = MotionGate(config), Tracker()
         found, total = Counter(), Counter()
-        cpu, extra, shown = 0.0, 0, 0
+        cpu, extra, shown, hit_own, total_own = 0.0, 0, 0, 0, 0
         for k, (frame, ref) in enumerate(zip(frames, refs, strict=True)):
             started = time.process_time()
-            out = gate.detect(frame, k * 0.5, detector, tracker)
+            out = gate.detect(frame, k * 0.5, detector, tracker, imgsz)
             cpu += time.process_time() - started
             boxes = np.array([d.bbox for d in out], dtype=np.float32).reshape(-1, 4)
             classes = np.array([ids[d.cls] for d in out], dtype=np.float32)
@@ -105,23 +109,45 @@ def recall(detector: Detector, frames: list[np.ndarray], settings: Settings) -> 
             shown += len(out)  # and the other way: objects shown that full-frame detection did not find
             extra += int((~matches(Prediction(boxes, np.ones(len(out), np.float32), classes), ref.xyxy,
                                    ref.cls)).sum())
+            hit_own += int(matches(own[k], boxes, classes).sum())
+            total_own += len(own[k])
             for cls, ok in zip(ref.cls, hit, strict=True):
                 total[detector.names[int(cls)]] += 1
                 found[detector.names[int(cls)]] += int(ok)
         results[mode] = {"by_class": {c: {"reference": total[c], "matched": found[c], "recall": found[c] / total[c]}
                                       for c in sorted(total)},
                          "recall": sum(found.values()) / max(1, sum(total.values())),
+                         "recall_at_model_size": hit_own / max(1, total_own),
                          "unmatched_shown": extra / max(1, shown),
                          "detect_cpu_ms": cpu / len(frames) * 1000, "frames": dict(gate.counts)}
     hit = total_refs = 0
     for frame, ref in zip(frames, refs, strict=True):  # the detector against itself, one pixel over
         shifted = np.empty_like(frame)
         shifted[:, 1:], shifted[:, :1] = frame[:, :-1], frame[:, :1]
-        moved = detector.predict(shifted)
+        moved = detector.predict(shifted, imgsz)
         hit += int(matches(ref, moved.xyxy - np.array([1, 0, 1, 0], dtype=np.float32), moved.cls).sum())
         total_refs += len(ref)
     results["noise_floor"] = hit / max(1, total_refs)
     return results
+
+
+def cpu_facts() -> dict[str, Any]:
+    """The CPU's model and whether it has int8 dot-product instructions: the int8 LiteRT model's speed depends on
+    them (measured: 640x480 in 28 ms on one machine, 83-87 ms on an AVX2-only AMD EPYC core without VNNI)."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    int8 = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    vector = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
+    return {"model": model, "vector": vector, "int8_dot": int8}
 
 
 def decode_costs(video: Path, frames: int = 300) -> dict[str, float]:
@@ -257,7 +283,8 @@ def trial(n: int, gate: bool, copies: list[Path], redis_url: str, args: argparse
     registry = CameraRegistry(r)
     cameras = [f"cam-{i:03d}" for i in range(n)]
     for i, camera_id in enumerate(cameras):
-        registry.put(CameraConfig(camera_id=camera_id, url=str(copies[i % len(copies)])))
+        registry.put(CameraConfig(camera_id=camera_id, url=str(copies[i % len(copies)]),
+                                  imgsz=None if args.imgsz == args.model_imgsz else args.imgsz))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TC_")}
     env.update({"TC_REDIS_URL": redis_url, "TC_LLM_KEYS_FILE": str(DEMO_KEYS_FILE), "TC_GATE": "on" if gate else "off",
                 "TC_CAPTURE_PROCESSES": args.processes, "TC_CAPTURE_MAX_CAMERAS": "1000",
@@ -350,6 +377,8 @@ def main() -> None:
     parser.add_argument("--phases", type=int, default=10, help="rotated copies of the video (start offsets)")
     parser.add_argument("--processes", default="auto", help="TC_CAPTURE_PROCESSES of the capture side")
     parser.add_argument("--skip-capacity", action="store_true", help="only the recall and cost figures")
+    parser.add_argument("--imgsz", type=int, help="the cameras' input size (longer side; default TC_YOLO_IMGSZ): "
+                        "recall is then also measured against full-frame detection at the model's own size")
     parser.add_argument("--retries", type=int, default=2, help="tries again a count that failed while the rest of "
                         f"the machine used more than {BUSY_ELSEWHERE} cores")
     args = parser.parse_args()
@@ -362,13 +391,15 @@ def main() -> None:
     configure_ultralytics_offline()
     load_before = load_average()
     settings = Settings(llm_keys_file=DEMO_KEYS_FILE)
+    args.model_imgsz = settings.yolo_imgsz
+    args.imgsz = args.imgsz or settings.yolo_imgsz
     if not settings.sample_video.exists():
         raise SystemExit(f"the sample video {settings.sample_video} is missing: run scripts/fetch_sample_video.sh")
     print(f"recall and costs on {settings.sample_video.name} at 2 fps…", file=sys.stderr)
     detector = Detector.from_settings(settings)
     detector.warm_up()
     frames = load_frames(settings.sample_video)
-    quality = recall(detector, frames, settings)
+    quality = recall(detector, frames, settings, args.imgsz)
     decode = decode_costs(settings.sample_video)
     runners = runner_costs(detector, frames)
     capacity: dict[str, Any] = {}
@@ -410,8 +441,8 @@ def main() -> None:
     load_after = load_average()
 
     gated, full = quality["gated"], quality["full"]
-    print(f"\nRecall on {len(frames)} frames at 2 fps (gated tracked objects vs full-frame detections, IoU >= 0.5, "
-          "same class)")
+    print(f"\nRecall on {len(frames)} frames at 2 fps, input {args.imgsz} (gated tracked objects vs full-frame "
+          "detections at the same input, IoU >= 0.5, same class)")
     print(f"{'class':<12}{'full-frame':>11}{'matched':>9}{'recall':>8}")
     for cls, row in gated["by_class"].items():
         print(f"{cls:<12}{row['reference']:>11}{row['matched']:>9}{row['recall']:>8.3f}")
@@ -423,15 +454,24 @@ def main() -> None:
           f"(full-frame tracked: {full['unmatched_shown']:.1%})")
     print(f"full-frame tracked (gate off) recall {full['recall']:.3f}; the detector against itself shifted 1 px "
           f"(noise floor) {quality['noise_floor']:.3f}")
+    if args.imgsz != args.model_imgsz:
+        print(f"against full-frame detection at the model's own input {args.model_imgsz}: gated "
+              f"{gated['recall_at_model_size']:.3f}, full-frame at {args.imgsz} {full['recall_at_model_size']:.3f}")
     print(f"\n{'cost, ms CPU per frame':<44}{'value':>8}")
-    for name, value in (("detection + tracking, full frame", full["detect_cpu_ms"]),
-                        ("detection + tracking, gated", gated["detect_cpu_ms"]),
+    for name, value in ((f"detection + tracking, full frame at {args.imgsz}", full["detect_cpu_ms"]),
+                        (f"detection + tracking, gated at {args.imgsz}", gated["detect_cpu_ms"]),
                         ("ultralytics predict, 640x640", runners["ultralytics_predict"]),
                         ("any-size LiteRT runner, 640 (640x480)", runners["any_size_runner"]),
                         ("decode + convert: read()", decode["read"]),
                         ("decode only: grab()", decode["grab"]),
                         ("saved per analysed frame (1 in 5 converted)", decode["saved_per_analysed_ms"])):
         print(f"{name:<44}{value:>8.2f}")
+    cores = os.cpu_count() or 1
+    floor = {mode: math.floor(cores * 1000 / (2 * quality[mode]["detect_cpu_ms"])) for mode in ("gated", "full")}
+    cpu = cpu_facts()
+    print(f"floor: detection and tracking alone allow at most {floor['gated']} gated cameras at 2 fps on {cores} "
+          f"cores ({floor['full']} full-frame), before decoding, publishing and the rest; CPU {cpu['model']}, "
+          f"{cpu['vector']}, int8 dot product: {', '.join(cpu['int8_dot']) or 'none'}")
     print(f"\nLLM calls per camera-minute (gated capture loop, {calls['frames']} frames): "
           f"{calls['calls_per_camera_minute']:.1f} scheduled, {calls['calls_per_camera_minute_every_frame']:.1f} with "
           f"one call per group per frame ({calls['saved_share']:.0%} saved); by reason {calls['by_reason']}")
@@ -456,7 +496,8 @@ def main() -> None:
               "gated_frames": gated["frames"], "detect_ms_gated": gated["detect_cpu_ms"],
               "detect_ms_full": full["detect_cpu_ms"], "decode_ms": decode, "runner_ms": runners,
               "llm_calls": calls, "capacity": capacity, "load_before": load_before, "load_after": load_after,
-              "cores": os.cpu_count()}
+              "cores": cores, "cpu": cpu, "imgsz": args.imgsz, "detection_floor_cameras": floor,
+              "recall_at_model_size": gated["recall_at_model_size"]}
     print(json.dumps(result))
 
 
