@@ -283,8 +283,7 @@ def trial(n: int, gate: bool, copies: list[Path], redis_url: str, args: argparse
     registry = CameraRegistry(r)
     cameras = [f"cam-{i:03d}" for i in range(n)]
     for i, camera_id in enumerate(cameras):
-        registry.put(CameraConfig(camera_id=camera_id, url=str(copies[i % len(copies)]),
-                                  imgsz=None if args.imgsz == args.model_imgsz else args.imgsz))
+        registry.put(CameraConfig(camera_id=camera_id, url=str(copies[i % len(copies)]), imgsz=args.imgsz))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TC_")}
     env.update({"TC_REDIS_URL": redis_url, "TC_LLM_KEYS_FILE": str(DEMO_KEYS_FILE), "TC_GATE": "on" if gate else "off",
                 "TC_CAPTURE_PROCESSES": args.processes, "TC_CAPTURE_MAX_CAMERAS": "1000",
