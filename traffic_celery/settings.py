@@ -123,6 +123,9 @@ class Settings(BaseSettings):
                                      "without renewing it; a dead node's cameras restart elsewhere after this.")
     capture_heartbeat: float = Field(default=1.0, gt=0.05, le=60, description="Seconds between a node's lease renewals "
                                      "and registry checks; keep it well under capture_lease_ttl.")
+    capture_turns: bool = Field(default=True, description="The capture loops of a process analyse one frame at a "
+                                "time, the most overdue camera first (capture.turns); false: each loop's thread "
+                                "analyses whenever its frame is due.")
     capture_max_cameras: int = Field(default=64, ge=1, le=1000, description="Cameras one capture node runs at most "
                                      "(the nodes share the cameras fairly below it).")
 

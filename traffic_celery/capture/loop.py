@@ -3,7 +3,8 @@
 The source (:mod:`traffic_celery.capture.sources`) keeps only the newest frame and reconnects by itself; its state
 changes go to `report` (the capture node records them and publishes `camera_status`). The loop thread
 (:class:`CaptureLoop`) wakes every `frame_interval` seconds (a file at `file_pace=fast`: as soon as the next frame
-is there), analyses the newest frame and:
+is there), takes its turn (:mod:`traffic_celery.capture.turns`: the loops of a node analyse one frame at a time,
+the most overdue first), analyses the newest frame and:
 
 - detects where something moved (:class:`~traffic_celery.vision.gating.MotionGate`: crops of the moving regions,
   the whole frame at keyframes, nothing when the scene is still; `TC_GATE=off`: the whole frame every time), at
@@ -46,6 +47,7 @@ from numpy.typing import NDArray
 
 from traffic_celery import names, store
 from traffic_celery.capture.sources import FrameSource, SourceOptions
+from traffic_celery.capture.turns import Turns
 from traffic_celery.llm import budget
 from traffic_celery.protocol import (
     SEVERITY_RANK,
@@ -105,7 +107,8 @@ class CaptureLoop:
 
     def __init__(self, config: CameraConfig, settings: Settings, r: redis.Redis,
                  detector: Callable[[], Detector], enqueue: Enqueue, report: Report | None = None,
-                 on_online: Callable[[], None] | None = None, recorder: recording.Recorder | None = None):
+                 on_online: Callable[[], None] | None = None, recorder: recording.Recorder | None = None,
+                 turns: Turns | None = None):
         self.config = config
         self.camera_id = config.camera_id
         self.url = config.url
@@ -131,6 +134,7 @@ class CaptureLoop:
         self.gate = MotionGate(GateConfig.from_settings(settings))  # detect where something moved (TC_GATE)
         self.scheduler = AssessmentScheduler.from_settings(settings)
         self._recorder = recorder
+        self._turns = turns or Turns()  # the node's, shared by its loops: one analysis at a time, most overdue first
         self._zones = ZoneSet(config.zones)
         self._conflicts = ConflictMonitor(Thresholds.from_settings(settings), settings.track_smoothing_window,
                                           GroundPlane(config.calibration) if config.calibration else None)
@@ -207,7 +211,9 @@ class CaptureLoop:
                     continue
                 seq = seq_now
                 try:
-                    self.analyse(frame, detector, None if replay_start is None else replay_start + source.position)
+                    with self._turns.turn(due=next_at):
+                        self.analyse(frame, detector,
+                                     None if replay_start is None else replay_start + source.position)
                     if redis_down_since is not None:
                         self.log.info("Redis and the broker answer again after %.1fs; frames flow again",
                                       time.monotonic() - redis_down_since)

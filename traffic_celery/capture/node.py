@@ -16,6 +16,9 @@ supervisor thread that, every `capture_heartbeat` seconds and at once when the r
    with the leases' TTL); a node holding more than its share (a node joined) hands its newest cameras over, so
    the cameras spread evenly over the nodes (the processes of `traffic-celery capture`, one per core).
 
+The node's loops take turns to analyse (:mod:`traffic_celery.capture.turns`): one frame at a time, the most overdue
+camera first, so the cameras of a process share its core evenly.
+
 A loop that failed in this process (not its source: the model, say) is let go and may be claimed again after
 `RETRY_FAILED_AFTER` seconds, here or on another node. During a Redis outage the loops keep running; the leases
 are taken again (or found lost) when Redis answers.
@@ -39,6 +42,7 @@ from traffic_celery import names
 from traffic_celery.broker.config import producer_app
 from traffic_celery.capture.loop import CaptureLoop, Enqueue
 from traffic_celery.capture.sources import configure_ffmpeg
+from traffic_celery.capture.turns import Turns
 from traffic_celery.history.store import History
 from traffic_celery.llm.dispatch import Dispatcher, sent_events
 from traffic_celery.llm.keys import KeyPool
@@ -67,6 +71,7 @@ class CaptureNode:
         self.node_id = node_id or make_node_id()
         self.registry = CameraRegistry(r)
         self._loops: dict[str, CaptureLoop] = {}
+        self.turns = Turns()  # the loops' analyses, one at a time (TC_CAPTURE_TURNS)
         self._retry_at: dict[str, float] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -178,7 +183,8 @@ class CaptureNode:
                 self.registry.set_status(cid, state, message, self.node_id)
 
         loop = CaptureLoop(config, self._settings, self._redis, self._detector, self._enqueue, report=report,
-                           on_online=lambda: self.registry.mark_verified(config), recorder=self.recorder)
+                           on_online=lambda: self.registry.mark_verified(config), recorder=self.recorder,
+                           turns=self.turns if self._settings.capture_turns else None)
         self._loops[cid] = loop  # before it starts: its first report must find it here
         loop.start()
         logger.info("capture node %s runs camera %s (%s)", self.node_id, cid, config.url)
