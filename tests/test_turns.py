@@ -3,7 +3,7 @@
 - a turn is held by one loop at a time, however many ask at once;
 - waiting loops are served earliest due first (a camera that fell behind goes first), ties in arrival order;
 - a node's loops take their turns from the node's one `Turns` (`TC_CAPTURE_TURNS`, on by default), and from their
-  own when it is off.
+  own when it is off; each frame's wait for its turn is in `tc_capture_turn_wait_seconds`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from traffic_celery.capture.turns import Turns
 from traffic_celery.registry import CameraConfig, CameraRegistry
 from traffic_celery.safety import synthetic
 from traffic_celery.settings import REPO_ROOT, Settings
+from traffic_celery.telemetry import instruments
 from traffic_celery.vision.detection import Detector
 
 from .conftest import wait_for
@@ -82,13 +83,21 @@ def _node_frames(isolated_redis, tmp_path, request, turns_on: bool) -> tuple[Cap
     node = CaptureNode(settings, r, no_model, lambda job: "task", node_id="node-turns").start()
     request.addfinalizer(node.stop)
     wait_for(lambda: len(node.loops()) == 3 and all(loop.frames_analysed >= 5 for loop in node.loops().values()),
-             30, lambda: f"three cameras analysing: {[(c, l.frames_analysed) for c, l in node.loops().items()]}")
+             30, lambda: f"three cameras analysing: {[(c, lp.frames_analysed) for c, lp in node.loops().items()]}")
     return node, sum(loop.frames_analysed for loop in node.loops().values())
 
 
+def _turn_waits() -> float:
+    """Frames that waited for a turn (observed), from the process's metrics registry."""
+    return sum(sample.value for family in instruments.registry().collect() for sample in family.samples
+               if sample.name == "tc_capture_turn_wait_seconds_count")
+
+
 def test_a_node_s_loops_take_turns(isolated_redis, tmp_path, request):
+    before = _turn_waits()
     node, frames = _node_frames(isolated_redis, tmp_path, request, turns_on=True)
     assert node.turns.served >= frames  # every analysis took a turn of the node's (the count read after)
+    assert _turn_waits() - before >= frames  # and each one's wait is in tc_capture_turn_wait_seconds
 
 
 def test_with_turns_off_each_loop_analyses_on_its_own(isolated_redis, tmp_path, request):

@@ -183,6 +183,7 @@ class CaptureLoop:
         try:
             options = SourceOptions.from_settings(self._settings, retry_unopened=self.config.verified)
             reconnects = instruments.get().camera_reconnects.labels(self.camera_id)
+            turn_wait = instruments.get().turn_wait_seconds
             source = self.source = FrameSource(self.url, options, on_state=self._on_state,
                                                on_reconnect=reconnects.inc).start()
             if self.config.detector == "colour":  # the synthetic scene: ids are stable by colour, no tracker
@@ -211,7 +212,9 @@ class CaptureLoop:
                     continue
                 seq = seq_now
                 try:
+                    asked = time.monotonic()
                     with self._turns.turn(due=next_at):
+                        turn_wait.observe(time.monotonic() - asked)
                         self.analyse(frame, detector,
                                      None if replay_start is None else replay_start + source.position)
                     if redis_down_since is not None:

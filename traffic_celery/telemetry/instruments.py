@@ -97,6 +97,9 @@ class Instruments:
         self.frames_analysed = Counter("tc_frames_analysed", "frames run through detection", ["camera"])
         self.detection_seconds = Histogram("tc_detection_duration_seconds", "detection and tracking of one frame",
                                            buckets=FAST_BUCKETS)
+        self.turn_wait_seconds = Histogram("tc_capture_turn_wait_seconds", "time a frame waited for its capture "
+                                           "process's turn (capture.turns): near a full core it nears the frame "
+                                           "interval", buckets=FAST_BUCKETS)
         self.objects = Counter("tc_objects_detected", "objects detected in analysed frames", ["class"])
         self.groups = Counter("tc_traffic_groups", "traffic groups found in analysed frames", ["camera"])
         self.camera_reconnects = Counter("tc_camera_reconnects", "reconnect attempts after a lost stream",
