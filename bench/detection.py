@@ -22,7 +22,9 @@ costs in recall. One command:
     fails, then bisected (to `--step`), gated and full-frame (the baseline) taking turns, so both see the machine
     alike; the ratio is gated N / full-frame N. Each row shows the CPU of the capture processes, of Redis and of the rest of the machine during
     the window; a count that failed while the rest of the machine used more than 0.3 cores (another program's
-    tests on a shared machine) is tried again, up to `--retries` times.
+    tests on a shared machine) is tried again, up to `--retries` times. `--source-fps 2` makes the copies 2 fps
+    streams (every 5th frame): a camera set to stream at the analysis rate, whose reader decodes only the frames
+    analysed (at 10 fps it decodes five for each); `--modes gated` searches only the gated count.
 
 Prints the tables, then one JSON line last.
 """
@@ -218,8 +220,8 @@ def llm_calls(settings: Settings, detector: Detector, frames: list[np.ndarray], 
 
 
 # --- (b) capacity ----------------------------------------------------------------------------------------------
-def _rotated_copy(args: tuple[str, str, int]) -> str:
-    source, target, start = args
+def _rotated_copy(args: tuple[str, str, int, int]) -> str:
+    source, target, start, every = args
     cap = cv2.VideoCapture(source)
     fps = cap.get(cv2.CAP_PROP_FPS)
     frames = []
@@ -230,16 +232,19 @@ def _rotated_copy(args: tuple[str, str, int]) -> str:
         frames.append(frame)
     cap.release()
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*"MP43"), fps, (w, h))  # the sample's own codec
-    for frame in frames[start:] + frames[:start]:
+    writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*"MP43"), fps / every, (w, h))  # the sample's codec
+    for frame in (frames[start:] + frames[:start])[::every]:
         writer.write(frame)
     writer.release()
     return target
 
 
-def video_copies(video: Path, phases: int, folder: Path) -> list[Path]:
+def video_copies(video: Path, phases: int, folder: Path, every: int = 1) -> list[Path]:
+    """`phases` copies of `video` rotated to different starts; `every` > 1 keeps one frame in `every` (a camera
+    whose stream runs at a lower frame rate)."""
     count = int(cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT))
-    jobs = [(str(video), str(folder / f"phase-{i:02d}.avi"), i * count // phases) for i in range(phases)]
+    jobs = [(str(video), str(folder / f"phase-{i:02d}-{every}.avi"), i * count // phases, every)
+            for i in range(phases)]
     with multiprocessing.get_context("spawn").Pool(min(phases, os.cpu_count() or 1)) as pool:
         return [Path(p) for p in pool.map(_rotated_copy, jobs)]
 
@@ -332,7 +337,8 @@ def trial(n: int, gate: bool, copies: list[Path], redis_url: str, args: argparse
             "cpu_ms_per_frame": (cpu_after - cpu_before) / max(1, frames) * 1000}
 
 
-def search(counts: list[int], step: int, run: Any) -> tuple[dict[bool, int], list[dict[str, Any]]]:
+def search(counts: list[int], step: int, run: Any,
+           modes: tuple[bool, ...] = (True, False)) -> tuple[dict[bool, int], list[dict[str, Any]]]:
     """The largest passing count of each mode (gated, full-frame): `counts` in order until one fails, then
     bisection down to `step`. The two modes take turns at each step, so a machine that gets busier or quieter
     meanwhile weighs on both alike."""
@@ -348,16 +354,16 @@ def search(counts: list[int], step: int, run: Any) -> tuple[dict[bool, int], lis
             failed[gate] = n if failed[gate] is None else min(failed[gate], n)
 
     for n in counts:
-        modes = [gate for gate in (True, False) if failed[gate] is None]
-        if not modes:
+        todo = [gate for gate in modes if failed[gate] is None]
+        if not todo:
             break
-        for gate in modes:
+        for gate in todo:
             one(n, gate)
     while True:
-        modes = [gate for gate in (True, False) if failed[gate] is not None and failed[gate] - best[gate] > step]
-        if not modes:
+        todo = [gate for gate in modes if failed[gate] is not None and failed[gate] - best[gate] > step]
+        if not todo:
             return best, rows
-        for gate in modes:
+        for gate in todo:
             one((best[gate] + failed[gate]) // 2, gate)
 
 
@@ -378,6 +384,9 @@ def main() -> None:
     parser.add_argument("--skip-capacity", action="store_true", help="only the recall and cost figures")
     parser.add_argument("--imgsz", type=int, help="the cameras' input size (longer side; default TC_YOLO_IMGSZ): "
                         "recall is then also measured against full-frame detection at the model's own size")
+    parser.add_argument("--source-fps", type=float, help="the cameras' stream frame rate (default: the video's "
+                        "own, 10): a camera set to stream at the analysis rate decodes only what is analysed")
+    parser.add_argument("--modes", default="gated,full", help="which of gated,full to search (default both)")
     parser.add_argument("--retries", type=int, default=2, help="tries again a count that failed while the rest of "
                         f"the machine used more than {BUSY_ELSEWHERE} cores")
     args = parser.parse_args()
@@ -410,7 +419,10 @@ def main() -> None:
             calls = llm_calls(settings, detector, frames, folder, server.url)
             if not args.skip_capacity:
                 print(f"writing {args.phases} rotated copies of the video…", file=sys.stderr)
-                copies = video_copies(settings.sample_video, args.phases, folder)
+                own_fps = cv2.VideoCapture(str(settings.sample_video)).get(cv2.CAP_PROP_FPS) or 10.0
+                every = max(1, round(own_fps / args.source_fps)) if args.source_fps else 1
+                args.stream_fps = own_fps / every
+                copies = video_copies(settings.sample_video, args.phases, folder, every)
 
                 def run(n: int, gate: bool) -> dict[str, Any]:
                     """One count; a failure while the rest of the machine took more than its share (another
@@ -428,13 +440,14 @@ def main() -> None:
                             break
                     return row
 
-                best, rows = search(counts, args.step, run)
+                modes = tuple(mode == "gated" for mode in args.modes.split(","))
+                best, rows = search(counts, args.step, run, modes)
                 capacity = {"gated_cameras": best[True], "full_frame_cameras": best[False],
                             "ratio": best[True] / best[False] if best[False] else math.inf,
                             "rows": sorted(rows, key=lambda row: not row["gate"]),
                             "processes": settings.model_copy(update={"capture_processes": args.processes}
                                                              ).effective_capture_processes,
-                            "warmup_s": args.warmup, "window_s": args.window}
+                            "warmup_s": args.warmup, "window_s": args.window, "stream_fps": args.stream_fps}
         finally:
             server.stop()
     load_after = load_average()
@@ -475,7 +488,8 @@ def main() -> None:
           f"{calls['calls_per_camera_minute']:.1f} scheduled, {calls['calls_per_camera_minute_every_frame']:.1f} with "
           f"one call per group per frame ({calls['saved_share']:.0%} saved); by reason {calls['by_reason']}")
     if capacity:
-        print(f"\nCapacity at 2 fps, {capacity['processes']} capture processes, {args.warmup:.0f}s warm-up, "
+        print(f"\nCapacity at 2 fps from {capacity['stream_fps']:g} fps streams, {capacity['processes']} capture "
+              f"processes, {args.warmup:.0f}s warm-up, "
               f"{args.window:.0f}s window (pass: every camera >= {GOAL_FPS} fps)")
         print(f"{'mode':<12}{'cameras':>8}{'min fps':>9}{'mean fps':>10}{'cores':>7}{'redis':>7}{'others':>8}"
               f"{'ms/frame':>10}  pass")
@@ -487,7 +501,8 @@ def main() -> None:
         print("cores: the capture processes' CPU; redis: the embedded Redis's; others: the rest of the machine's "
               "(this bench, other programs); ms/frame: the capture processes' CPU per analysed frame")
         print(f"largest N: gated {capacity['gated_cameras']}, full-frame {capacity['full_frame_cameras']}, "
-              f"ratio {capacity['ratio']:.2f}")
+              f"ratio {capacity['ratio']:.2f}" if len(modes) == 2 else
+              f"largest N: {'gated' if modes[0] else 'full-frame'} {best[modes[0]]}")
     print(f"load average before {load_before}, after {load_after}")
     result = {"recall": gated["recall"], "recall_by_class": {c: r["recall"] for c, r in gated["by_class"].items()},
               "recall_full_frame_tracked": full["recall"], "noise_floor": quality["noise_floor"],

@@ -158,6 +158,11 @@ def producer_app(settings: Settings) -> Celery:
     count_publishes()
     app = Celery("traffic_celery", set_as_current=False, amqp=FastReprAMQP)
     app.conf.update(config_for(settings))
+    if settings.broker_is_redis:  # a broker that stops answering fails a publish instead of hanging it (a
+        # capture loop holds its process's turn meanwhile); workers keep kombu's default: their BRPOP blocks
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options,
+                                             "socket_timeout": settings.redis_timeout,
+                                             "socket_connect_timeout": settings.redis_timeout}
     backend_url = str(app.conf.result_backend)
     if backend_url.startswith(("redis://", "rediss://")):
         # Celery's `<backend class>+<url>` form: the class above, on the same Redis

@@ -135,6 +135,7 @@ class CaptureLoop:
         self.scheduler = AssessmentScheduler.from_settings(settings)
         self._recorder = recorder
         self._turns = turns or Turns()  # the node's, shared by its loops: one analysis at a time, most overdue first
+        self._shared_turns = turns is not None
         self._zones = ZoneSet(config.zones)
         self._conflicts = ConflictMonitor(Thresholds.from_settings(settings), settings.track_smoothing_window,
                                           GroundPlane(config.calibration) if config.calibration else None)
@@ -211,12 +212,16 @@ class CaptureLoop:
                         break
                     continue
                 seq = seq_now
+                # the frame's time is when it was read, not when its turn comes (speeds, TTC, incident times)
+                taken = time.time() if replay_start is None else replay_start + source.position
                 try:
                     asked = time.monotonic()
                     with self._turns.turn(due=next_at):
-                        turn_wait.observe(time.monotonic() - asked)
-                        self.analyse(frame, detector,
-                                     None if replay_start is None else replay_start + source.position)
+                        if self._stop.is_set():  # let go while waiting: another node may run the camera now
+                            break
+                        if self._shared_turns:
+                            turn_wait.observe(time.monotonic() - asked)
+                        self.analyse(frame, detector, taken)
                     if redis_down_since is not None:
                         self.log.info("Redis and the broker answer again after %.1fs; frames flow again",
                                       time.monotonic() - redis_down_since)

@@ -7,14 +7,17 @@ and every GIL hand-over costs a thread coming back from a C call (numpy, OpenCV,
 to a switch interval, so a frame takes many times its CPU in wall time. Near a full core, cameras then miss their
 cadence while the core still has time left, and not alike: the thread that loses the detector lock more often
 falls behind. :class:`Turns` gives the analysis to one loop at a time, from its first detector call to its last
-publish, in the order the frames were due (earliest deadline first, ties in arrival order), so a camera that
+publish, in the order the frames were due (the earliest due time first, ties in arrival order), so a camera that
 fell behind is served first and the cameras of a process share a slowdown evenly. Reading frames (the sources'
-reader threads) and waiting for the next frame stay outside the turn.
+reader threads) and waiting for the next frame stay outside the turn; the frame's time is taken when it is read,
+not when its turn comes.
 
-A turn is held for one frame's analysis, tens of milliseconds. A Redis or broker call that blocks holds it up to
-the client's socket timeout, which every other camera of the process would wait on anyway. The capture node
-gives its loops one :class:`Turns`; a loop made without one gets its own, which never waits
-(`TC_CAPTURE_TURNS=false` gives each loop its own too: the threads analyse whenever their frames are due).
+A turn is held for one frame's analysis, tens of milliseconds, including the analysis's Redis and broker calls:
+a Redis or broker that stops answering holds the turn, and so every camera of the process, until the call gives
+up (`TC_REDIS_TIMEOUT` per attempt on Redis and, for the capture side's task producer, on a Redis broker). Frames
+that could not be published are dropped, as without turns. The capture node gives its loops one :class:`Turns`;
+a loop made without one gets its own, which never waits (`TC_CAPTURE_TURNS=false` gives each loop its own too:
+the threads analyse whenever their frames are due).
 """
 
 from __future__ import annotations
@@ -56,12 +59,24 @@ class Turns:
                 self._busy = True
             self.served += 1
         if wake is not None:
-            wake.wait()  # the holder hands the turn over: _busy stays set for us
+            try:
+                wake.wait()  # the holder hands the turn over: _busy stays set for us
+            except BaseException:  # interrupted while queued: leave the queue, or pass on a turn handed over
+                with self._lock:
+                    if not wake.is_set():
+                        self._queue = [entry for entry in self._queue if entry[2] is not wake]
+                        heapq.heapify(self._queue)
+                        raise
+                self._hand_over()
+                raise
         try:
             yield
         finally:
-            with self._lock:
-                if self._queue:
-                    heapq.heappop(self._queue)[2].set()
-                else:
-                    self._busy = False
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            if self._queue:
+                heapq.heappop(self._queue)[2].set()
+            else:
+                self._busy = False
