@@ -1,13 +1,14 @@
-"""Where a capture process's CPU goes, per analysed frame, and what turns change: one command.
+"""Where a capture process's CPU goes, per analysed frame, and what a setting changes: one command.
 
     .venv/bin/python bench/capture_profile.py                 # 1 camera, then 18 with turns off and on, ~3 min
-    .venv/bin/python bench/capture_profile.py --cameras 25 --turns on
+    .venv/bin/python bench/capture_profile.py --cameras 21 --no-baseline --base "" --new TC_YOLO_INTERPRETERS=32
 
 N cameras of the sample video at 2 fps (real-time pace, looped, rotated copies as in `bench/detection.py`), run by
 one `traffic-celery capture` process (`TC_CAPTURE_PROCESSES=1`: the share of one core on a node with a process per
 core) against an embedded Redis, with the real enqueue path. The runs: one camera alone (the baseline: no
-contention), then N cameras with `TC_CAPTURE_TURNS` off and on (`capture.turns`: the loops analyse one frame at a
-time, most overdue first), so the last column is the ratio of the two on the same machine in the same command.
+contention), then N cameras with the `--base` settings (default `TC_CAPTURE_TURNS=false`) and with the `--new`
+ones (default: none, the defaults: turns on, `capture.turns`), so the last column is the ratio of the two on the
+same machine in the same command.
 After `--warmup` seconds each run reads, over `--window` seconds:
 
 - every thread's CPU from `/proc/<pid>/task/<tid>/stat`, named by the Python thread it runs (`capture-<camera>`:
@@ -70,6 +71,14 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return out
 
 
+def rss_of(pid: int) -> float:
+    """Resident memory of `pid`, MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def parse_samples(raw: str) -> tuple[dict[int, str], list[tuple[int, list[str], int]]]:
     """py-spy's raw (collapsed) output: the thread names by native id, and (tid, frames root first, count)."""
     names: dict[int, str] = {}
@@ -102,7 +111,7 @@ def by_function(samples: list[tuple[int, list[str], int]],
 
 
 
-def run(n: int, turns: bool, copies: list[Path], redis_url: str, args: argparse.Namespace,
+def run(n: int, label: str, extra: dict[str, str], copies: list[Path], redis_url: str, args: argparse.Namespace,
         folder: Path) -> dict[str, Any]:
     import redis  # noqa: PLC0415
 
@@ -114,11 +123,12 @@ def run(n: int, turns: bool, copies: list[Path], redis_url: str, args: argparse.
         registry.put(CameraConfig(camera_id=camera_id, url=str(copies[i % len(copies)])))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TC_")}
     env.update({"TC_REDIS_URL": redis_url, "TC_LLM_KEYS_FILE": str(DEMO_KEYS_FILE), "TC_GATE": args.gate,
-                "TC_CAPTURE_PROCESSES": "1", "TC_CAPTURE_TURNS": str(turns).lower(),
+                "TC_CAPTURE_PROCESSES": "1",
                 "TC_CAPTURE_MAX_CAMERAS": "1000", "TC_FRAME_INTERVAL": "0.5",
                 "TC_LOOP_FILES": "true", "TC_FILE_PACE": "realtime", "TC_LOG_LEVEL": "WARNING",
                 "TC_DATABASE_URL": f"sqlite:///{folder / 'history.db'}", "TC_METRICS_PORT": "0",
                 "PYTHONPATH": str(REPO), "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(REPO / ".run" / "ultralytics")})
+    env.update(extra)
     log_path = folder / f"capture-{n}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "traffic_celery.capture"], cwd=REPO, env=env, stdout=log,
@@ -152,6 +162,7 @@ def run(n: int, turns: bool, copies: list[Path], redis_url: str, args: argparse.
             # the node writes its counters every heartbeat: wait for the next one so the window's frames are in
             time.sleep(args.heartbeat)
             after, cpu_after, t1 = frames(), thread_cpu(proc.pid), time.monotonic()
+            rss_mb = rss_of(proc.pid)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -170,7 +181,7 @@ def run(n: int, turns: bool, copies: list[Path], redis_url: str, args: argparse.
     ms = {k: cpu[k] * 1000 / max(1, analysed) for k in ROLES}
     functions = [(name, count / loop_samples * ms["loop"]) for name, count in inclusive.most_common(TOP * 3)
                  if loop_samples] if loop_samples else []
-    return {"cameras": n, "turns": turns, "seconds": t1 - t0, "frames": analysed, "min_fps": min(fps),
+    return {"cameras": n, "label": label, "settings": extra, "rss_mb": rss_mb, "seconds": t1 - t0, "frames": analysed, "min_fps": min(fps),
             "mean_fps": sum(fps) / n,
             "cores": sum(cpu.values()) / (t1 - t0), "ms_per_frame": ms, "total_ms": sum(ms.values()),
             "profiled": bool(loop_samples), "functions": functions}
@@ -182,8 +193,9 @@ def main() -> None:
                         "a process's share of 36, near a full core on an AVX-512 VNNI machine)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the one-camera run")
-    parser.add_argument("--turns", choices=("on", "off", "both"), default="both",
-                        help="TC_CAPTURE_TURNS of the N-camera run; both: off, then on (the comparison)")
+    parser.add_argument("--base", default="TC_CAPTURE_TURNS=false",
+                        help="settings of the first N-camera run, NAME=VALUE[,NAME=VALUE]; empty: the defaults")
+    parser.add_argument("--new", default="", help="settings of the second N-camera run (default: the defaults)")
     parser.add_argument("--gate", choices=("on", "off"), default="on", help="TC_GATE of the cameras")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds after every camera is analysing")
     parser.add_argument("--window", type=float, default=30.0, help="measuring window, seconds")
@@ -195,8 +207,15 @@ def main() -> None:
     settings = Settings(llm_keys_file=DEMO_KEYS_FILE)
     if not settings.sample_video.exists():
         raise SystemExit(f"the sample video {settings.sample_video} is missing: run scripts/fetch_sample_video.sh")
-    plan = [(1, True)] if args.baseline else []
-    plan += [(args.cameras, turns) for turns in {"on": [True], "off": [False], "both": [False, True]}[args.turns]]
+    def parse(text: str) -> dict[str, str]:
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        if any(len(pair) != 2 or not pair[0].startswith("TC_") for pair in pairs):
+            raise SystemExit(f"--base/--new take TC_NAME=VALUE[,TC_NAME=VALUE], not {text!r}")
+        return {name.strip(): value.strip() for name, value in pairs}
+
+    base, new = parse(args.base), parse(args.new)
+    plan = [(1, "defaults", {})] if args.baseline else []
+    plan += [(args.cameras, args.base or "defaults", base), (args.cameras, args.new or "defaults", new)]
     results = []
     with tempfile.TemporaryDirectory(prefix="tc-profile-") as tmp:
         folder = Path(tmp)
@@ -204,20 +223,22 @@ def main() -> None:
         copies = video_copies(settings.sample_video, 10, folder)
         server = EmbeddedRedis().start()
         try:
-            for n, turns in plan:
-                print(f"{n} camera(s) in one capture process, turns {'on' if turns else 'off'} ({args.warmup:.0f}s "
-                      f"warm-up, {args.window:.0f}s window)…", file=sys.stderr)
-                results.append(run(n, turns, copies, server.url, args, folder))
+            for n, label, extra in plan:
+                print(f"{n} camera(s) in one capture process, {label} ({args.warmup:.0f}s warm-up, "
+                      f"{args.window:.0f}s window)…", file=sys.stderr)
+                results.append(run(n, label, extra, copies, server.url, args, folder))
                 print(f"  min {results[-1]['min_fps']:.2f} fps, {results[-1]['total_ms']:.1f} ms a frame",
                       file=sys.stderr)
         finally:
             server.stop()
 
-    labels = [f"{r['cameras']} cam{'s' if r['cameras'] > 1 else ''}, turns {'on' if r['turns'] else 'off'}"
-              for r in results]
+    labels = [f"{r['cameras']} cam{'s' if r['cameras'] > 1 else ''}" for r in results]
+    for k, r in enumerate(results):
+        print(f"run {k + 1}: {labels[k]}, {r['label']}")
     compare = len(results) >= 2 and results[-2]["cameras"] == results[-1]["cameras"] > 1
     print(f"\nOne capture process, gate {args.gate}, {args.window:.0f}s window: CPU ms per analysed frame, fps")
-    print(f"{'':<40}" + "".join(f"{label:>22}" for label in labels) + (f"{'on / off':>10}" if compare else ""))
+    print(f"{'':<40}" + "".join(f"{f'run {k + 1}, ' + label:>22}" for k, label in enumerate(labels))
+          + (f"{'new/base':>10}" if compare else ""))
 
     def row(label: str, values: list[float | None], digits: int = 2) -> None:
         cells = "".join(f"{v:>22.{digits}f}" if v is not None else f"{'':>22}" for v in values)
@@ -231,11 +252,12 @@ def main() -> None:
     row("min fps of a camera", [r["min_fps"] for r in results])
     row("mean fps", [r["mean_fps"] for r in results])
     row("cores", [r["cores"] for r in results])
+    row("resident memory, MB", [r["rss_mb"] for r in results], 0)
     profiled = [r for r in results if r["profiled"]]
     if profiled:
         print(f"\nLoop threads by function (py-spy, inclusive: on-CPU and runnable samples, so with many threads on "
               f"one core the shares read as wall time, not CPU), ms per analysed frame, top {TOP}")
-        print(f"{'':<52}" + "".join(f"{label:>22}" for label in labels))
+        print(f"{'':<52}" + "".join(f"{f'run {k + 1}, ' + label:>22}" for k, label in enumerate(labels)))
         for name, _value in results[0]["functions"][:TOP]:
             short = name if len(name) <= 50 else "…" + name[-49:]
             print(f"{short:<52}" + "".join(f"{dict(r['functions']).get(name, 0.0):>22.2f}" for r in results))
@@ -244,7 +266,7 @@ def main() -> None:
     summary = {"gate": args.gate, "runs": [{k: v for k, v in r.items() if k != "functions"}
                                            | {"functions": r["functions"][:TOP]} for r in results]}
     if compare:
-        summary["turns_on_over_off"] = {"ms_per_frame": results[-1]["total_ms"] / results[-2]["total_ms"],
+        summary["new_over_base"] = {"ms_per_frame": results[-1]["total_ms"] / results[-2]["total_ms"],
                                         "min_fps": results[-1]["min_fps"] / results[-2]["min_fps"]}
     print(json.dumps(summary))
 

@@ -51,7 +51,7 @@ class Detector:
     """A YOLO model plus the class filter, confidence and image size from settings."""
 
     def __init__(self, model_path: str, conf: float = 0.3, imgsz: int = 640,
-                 classes: Sequence[str] | None = None):
+                 classes: Sequence[str] | None = None, interpreters: int = 32):
         configure_ultralytics_offline()
         # imported here: the web tier and workers must not pay for torch at import
         from ultralytics.models import YOLO
@@ -72,14 +72,14 @@ class Detector:
         self.imgsz = imgsz
         self._lock = threading.Lock()
         self.model_path = model_path
-        self._any_size = litert.load(model_path)  # None: ultralytics runs it
+        self._any_size = litert.load(model_path, interpreters)  # None: ultralytics runs it
         self.inputs: collections.Counter[int] = collections.Counter()  # calls per input size (longer side)
         self._fixed_size_logged = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Detector:
         return cls(settings.model_path, conf=settings.yolo_conf, imgsz=settings.yolo_imgsz,
-                   classes=settings.yolo_classes)
+                   classes=settings.yolo_classes, interpreters=settings.yolo_interpreters)
 
     @property
     def any_size(self) -> bool:

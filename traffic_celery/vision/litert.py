@@ -175,10 +175,11 @@ class AnySizeModel:
     """The rewritten model behind a few LiteRT interpreters (one thread each: one process is one core), one per
     recent input shape: re-planning an interpreter for another shape costs 0.3-5 ms, a tenth of a gated camera's
     detection when crops of every size follow each other (measured with 12 gated cameras in one process: 3.3
-    re-plannings a frame with one interpreter, 1.9 with eight; about 25 MB each). Not thread-safe: the detector
-    calls it under its lock."""
+    re-plannings a frame with one interpreter, 1.9 with eight, 0.2-0.3 with 32, which hold nearly every crop shape
+    of the sample video; about 25 MB each: `TC_YOLO_INTERPRETERS`). Not thread-safe: the detector calls it under
+    its lock."""
 
-    def __init__(self, path: str, num_threads: int = 1, interpreters: int = 8):
+    def __init__(self, path: str, num_threads: int = 1, interpreters: int = 32):
         with open(path, "rb") as f:
             self._content, self._strides, self.classes = _rewrite(f.read())
         self._num_threads = num_threads
@@ -294,13 +295,13 @@ def check_against_original(path: str, model: AnySizeModel) -> None:
         raise UnsupportedGraph("the rewritten graph does not reproduce the original's boxes and scores")
 
 
-def load(path: str) -> AnySizeModel | None:
+def load(path: str, interpreters: int = 32) -> AnySizeModel | None:
     """The model at any input size, or None (logged) when the file is not a .tflite YOLOv8 detection graph this
-    module can rewrite, checked against the original graph."""
+    module can rewrite, checked against the original graph; `interpreters`: how many input shapes stay planned."""
     if not path.lower().endswith(".tflite"):
         return None
     try:
-        model = AnySizeModel(path)
+        model = AnySizeModel(path, interpreters=interpreters)
         check_against_original(path, model)
         model.predict(np.zeros((64, 96, 3), dtype=np.uint8), 96, 0.5)  # two more shapes: the rewrite resizes
         model.predict(np.zeros((64, 64, 3), dtype=np.uint8), 64, 0.5)
