@@ -102,3 +102,18 @@ def test_real_scene_gives_the_same_groups_at_another_resolution(detector, sample
     assert [(c, n) for c, n, _ in original] == [(c, n) for c, n, _ in other]
     for (_, _, a), (_, _, b) in zip(original, other, strict=False):
         assert all(abs(x - y) <= 1 for x, y in zip(a, b, strict=False)), (original, other)
+
+
+def test_the_model_keeps_at_most_tc_yolo_interpreters_shapes_planned(monkeypatch):
+    """Each new input shape gets an interpreter until TC_YOLO_INTERPRETERS, then the least recently used ones are
+    re-planned; the boxes do not depend on which interpreter ran."""
+    monkeypatch.setenv("TC_YOLO_INTERPRETERS", "2")
+    detector = Detector.from_settings(Settings())
+    image = cv2.imread(str(ASSETS / "bus.jpg"))
+    first = detector.predict(image, 640)
+    for size in (96, 160, 224, 320, 640):
+        detector.predict(image, size)
+    model = detector._any_size
+    assert model is not None and len(model._pool) == 2  # at most two interpreters, however many shapes came
+    again = detector.predict(image, 640)
+    assert len(again) == len(first) and abs(again.xyxy - first.xyxy).max() < 1e-3
