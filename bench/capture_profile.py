@@ -41,7 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.detection import video_copies  # noqa: E402
+from bench.detection import camera_counters, stop_group, video_copies, wait_until_analysing  # noqa: E402
 from traffic_celery.embedded_redis import EmbeddedRedis  # noqa: E402
 from traffic_celery.registry import CameraConfig, CameraRegistry  # noqa: E402
 from traffic_celery.settings import DEMO_KEYS_FILE, Settings  # noqa: E402
@@ -135,18 +135,9 @@ def run(n: int, label: str, extra: dict[str, str], copies: list[Path], redis_url
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             def frames() -> dict[str, tuple[int, float]]:
-                """Each camera's frames analysed, and when its node counted them (the node's own clock)."""
-                out = {}
-                for camera_id in cameras:
-                    status = registry.status(camera_id)
-                    out[camera_id] = (int(status.get("framesAnalysed", 0)), float(status.get("countedAt", 0)))
-                return out
+                return camera_counters(registry, cameras)
 
-            deadline = time.monotonic() + 90
-            while sum(1 for v in frames().values() if v[0] > 0) < n:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the capture process did not start {n} cameras; see {log_path}")
-                time.sleep(0.5)  # polling a condition (every camera analysing), with a deadline
+            wait_until_analysing(registry, cameras, proc, str(log_path))
             time.sleep(args.warmup)  # warm-up: a fixed time by design
             before, cpu_before, t0 = frames(), thread_cpu(proc.pid), time.monotonic()
             raw = ""
@@ -164,12 +155,7 @@ def run(n: int, label: str, extra: dict[str, str], copies: list[Path], redis_url
             after, cpu_after, t1 = frames(), thread_cpu(proc.pid), time.monotonic()
             rss_mb = rss_of(proc.pid)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)
     analysed = sum(after[c][0] - before[c][0] for c in cameras)
     fps = [(after[c][0] - before[c][0]) / max(1e-3, after[c][1] - before[c][1]) for c in cameras]
     names, samples = parse_samples(raw)

@@ -279,6 +279,36 @@ def busy_cpu_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def camera_counters(registry: CameraRegistry, cameras: list[str]) -> dict[str, tuple[int, float]]:
+    """Each camera's frames analysed, and when its node counted them (the node writes them every heartbeat; a busy
+    node's heartbeat may come late, so the node's time, not ours)."""
+    out = {}
+    for camera_id in cameras:
+        status = registry.status(camera_id)
+        out[camera_id] = (int(status.get("framesAnalysed", 0)), float(status.get("countedAt", 0)))
+    return out
+
+
+def wait_until_analysing(registry: CameraRegistry, cameras: list[str], proc: subprocess.Popen[bytes],
+                         log_name: str, timeout: float = 90.0) -> None:
+    """Until every camera has analysed a frame; SystemExit if the capture side ends or `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    while sum(1 for v in camera_counters(registry, cameras).values() if v[0] > 0) < len(cameras):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the capture side did not start {len(cameras)} cameras; see {log_name}")
+        time.sleep(0.5)  # polling a condition (every camera analysing), with a deadline
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the capture side's process group (its nodes hand their cameras over), SIGKILL after 30 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def trial(n: int, gate: bool, copies: list[Path], redis_url: str, args: argparse.Namespace, log_dir: Path,
           db: Path, redis_pid: int) -> dict[str, Any]:
     import redis  # noqa: PLC0415
@@ -301,19 +331,9 @@ def trial(n: int, gate: bool, copies: list[Path], redis_url: str, args: argparse
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def counters() -> dict[str, tuple[int, float]]:
-            """Each camera's frames analysed, and when its node counted them (the node writes them every
-            heartbeat; a busy node's heartbeat may come late, so the node's time, not ours)."""
-            out = {}
-            for camera_id in cameras:
-                status = registry.status(camera_id)
-                out[camera_id] = (int(status.get("framesAnalysed", 0)), float(status.get("countedAt", 0)))
-            return out
+            return camera_counters(registry, cameras)
 
-        deadline = time.monotonic() + 90
-        while sum(1 for v in counters().values() if v[0] > 0) < n:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the capture side did not start {n} cameras; see {log.name}")
-            time.sleep(0.5)  # polling a condition (every camera analysing), with a deadline
+        wait_until_analysing(registry, cameras, proc, log.name)
         time.sleep(args.warmup)  # warm-up: a fixed time by design (trackers, background models, rebalancing)
         before, cpu_before, redis_before, busy_before, t0 = (counters(), cpu_seconds(proc.pid), cpu_seconds(redis_pid),
                                                              busy_cpu_seconds(), time.monotonic())
@@ -321,12 +341,7 @@ def trial(n: int, gate: bool, copies: list[Path], redis_url: str, args: argparse
         after, cpu_after, redis_after, busy_after, t1 = (counters(), cpu_seconds(proc.pid), cpu_seconds(redis_pid),
                                                          busy_cpu_seconds(), time.monotonic())
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
     fps = [(after[c][0] - before[c][0]) / max(1e-3, after[c][1] - before[c][1]) for c in cameras]
     frames = sum(after[c][0] - before[c][0] for c in cameras)

@@ -102,10 +102,15 @@ def test_an_interrupted_wait_leaves_the_queue():
         wait_for(blocked, 10, lambda: "the main thread to wait for its turn")
         signal.pthread_kill(main, signal.SIGINT)
 
-    threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        with turns.turn(due=1.0):
-            pytest.fail("got the turn it was interrupted waiting for")
+    # Python's own Ctrl-C handler, whatever this process inherited (a background job starts with SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            with turns.turn(due=1.0):
+                pytest.fail("got the turn it was interrupted waiting for")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert turns.waiting == 0
     release.set()
     holder.join(10)
