@@ -401,7 +401,8 @@ def main() -> None:
                         "recall is then also measured against full-frame detection at the model's own size")
     parser.add_argument("--source-fps", type=float, help="the cameras' stream frame rate (default: the video's "
                         "own, 10): a camera set to stream at the analysis rate decodes only what is analysed")
-    parser.add_argument("--modes", default="gated,full", help="which of gated,full to search (default both)")
+    parser.add_argument("--modes", default="gated,full", choices=("gated,full", "gated", "full"),
+                        help="which of gated,full to search (default both)")
     parser.add_argument("--retries", type=int, default=2, help="tries again a count that failed while the rest of "
                         f"the machine used more than {BUSY_ELSEWHERE} cores")
     args = parser.parse_args()
@@ -458,7 +459,8 @@ def main() -> None:
                 modes = tuple(mode == "gated" for mode in args.modes.split(","))
                 best, rows = search(counts, args.step, run, modes)
                 capacity = {"gated_cameras": best[True], "full_frame_cameras": best[False],
-                            "ratio": best[True] / best[False] if best[False] else math.inf,
+                            "ratio": (best[True] / best[False] if best[False] else math.inf) if len(modes) == 2
+                            else None,  # one mode searched: no ratio (JSON has no infinity)
                             "rows": sorted(rows, key=lambda row: not row["gate"]),
                             "processes": settings.model_copy(update={"capture_processes": args.processes}
                                                              ).effective_capture_processes,

@@ -115,8 +115,12 @@ def test_an_interrupted_wait_leaves_the_queue():
     release.set()
     holder.join(10)
     got: list[str] = []
-    later = threading.Thread(target=lambda: turns.turn(due=2.0).__enter__() and None or got.append("in"),
-                             daemon=True)
+
+    def take() -> None:
+        with turns.turn(due=2.0):
+            got.append("in")
+
+    later = threading.Thread(target=take, daemon=True)
     later.start()
     later.join(10)
     assert got == ["in"]  # the turn is free, not stuck with the interrupted waiter

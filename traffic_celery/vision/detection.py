@@ -51,7 +51,7 @@ class Detector:
     """A YOLO model plus the class filter, confidence and image size from settings."""
 
     def __init__(self, model_path: str, conf: float = 0.3, imgsz: int = 640,
-                 classes: Sequence[str] | None = None, interpreters: int = 32):
+                 classes: Sequence[str] | None = None, interpreters: int = litert.INTERPRETERS):
         configure_ultralytics_offline()
         # imported here: the web tier and workers must not pay for torch at import
         from ultralytics.models import YOLO

@@ -43,6 +43,7 @@ STRIDE = 32  # the input's sides are multiples of the largest stride
 NMS_IOU = 0.7
 MAX_DET = 300
 PAD_VALUE = 114
+INTERPRETERS = 32  # input shapes kept planned by default (TC_YOLO_INTERPRETERS): see AnySizeModel
 
 FloatArray = NDArray[np.float32]
 
@@ -179,7 +180,7 @@ class AnySizeModel:
     of the sample video; about 25 MB each: `TC_YOLO_INTERPRETERS`). Not thread-safe: the detector calls it under
     its lock."""
 
-    def __init__(self, path: str, num_threads: int = 1, interpreters: int = 32):
+    def __init__(self, path: str, num_threads: int = 1, interpreters: int = INTERPRETERS):
         with open(path, "rb") as f:
             self._content, self._strides, self.classes = _rewrite(f.read())
         self._num_threads = num_threads
@@ -295,7 +296,7 @@ def check_against_original(path: str, model: AnySizeModel) -> None:
         raise UnsupportedGraph("the rewritten graph does not reproduce the original's boxes and scores")
 
 
-def load(path: str, interpreters: int = 32) -> AnySizeModel | None:
+def load(path: str, interpreters: int = INTERPRETERS) -> AnySizeModel | None:
     """The model at any input size, or None (logged) when the file is not a .tflite YOLOv8 detection graph this
     module can rewrite, checked against the original graph; `interpreters`: how many input shapes stay planned."""
     if not path.lower().endswith(".tflite"):
