@@ -33,6 +33,8 @@ def test_page_adds_a_camera_and_shows_boxes_alerts_and_keys(browser, web, sample
     try:
         page.goto(web + "/?autostart=0")
         page.wait_for_selector("#conn.on", timeout=15_000)
+        # the socket opens before connection_ack arrives: wait for the field it fills, then check what it holds
+        page.wait_for_function("document.getElementById('camera-url').value !== ''", timeout=15_000)
         assert page.input_value("#camera-url") == str(sample_video)  # prefilled from connection_ack
         # a bad source is refused with the server's message, and nothing is added
         page.fill("#camera-id", "../bad")
